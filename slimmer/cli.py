@@ -1,0 +1,232 @@
+"""The `slimmer` command: turns arguments into typed values, calls the core, prints the result.
+
+Errors meant for the user (`SlimmerError`) print as one line with their own exit code; anything
+else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from slimmer import __version__
+from slimmer.errors import SlimmerError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from pathlib import Path
+
+    from slimmer.plan import Plan
+
+F = Any
+
+
+def _emit_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def rule_options(func: F) -> F:
+    func = click.option(
+        "--keep",
+        "keep",
+        multiple=True,
+        metavar="PATTERN",
+        help="Protect paths matching this gitignore pattern (relative to site-packages or the prefix). Repeatable.",
+    )(func)
+    return click.option(
+        "--rules",
+        "rules",
+        multiple=True,
+        metavar="NAME|PATH",
+        help="Rule set: a built-in name (see 'slimmer rules') or a path to a .rules file. "
+        "Repeatable; default: 'default'.",
+    )(func)
+
+
+def root_argument(func: F) -> F:
+    func = click.option("--force", is_flag=True, help="Allow / or your home folder as ROOT.")(func)
+    return click.argument("root", type=click.Path(path_type=str))(func)
+
+
+def _load(root_arg: str, rules: Sequence[str], keep: Sequence[str], force: bool) -> tuple[Path, Any]:
+    from slimmer.rules import RuleSet
+    from slimmer.targets import check_root
+
+    root = check_root(root_arg, force=force)
+    ruleset = RuleSet.load(list(rules) or ["default"])
+    if keep:
+        ruleset = ruleset.with_keep(keep)
+    return root, ruleset
+
+
+def _make_plan(root: Path, ruleset: Any) -> Plan:
+    from slimmer.plan import make_plan
+    from slimmer.progress import Progress
+    from slimmer.protect import default_protectors
+
+    return make_plan(root, ruleset, protectors=default_protectors(), progress=Progress.for_terminal("scanning"))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="slimmer")
+def cli() -> None:
+    """Slim a Python/PyTorch environment by rules, safely: every change is planned, journaled and undoable.
+
+    \b
+    Typical use, as the last RUN of a Dockerfile's build stage:
+        slimmer apply --rules default /opt/conda/envs/py
+    Look first:    slimmer plan /opt/conda/envs/py
+    Ask why:       slimmer explain /opt/conda/envs/py lib/python3.11/site-packages/torch/test
+    Change mind:   slimmer apply --no-commit ROOT, then slimmer undo ROOT
+    """
+
+
+@cli.command("plan")
+@root_argument
+@rule_options
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--top", default=10, show_default=True, help="Rows per table.")
+@click.option("-v", "--verbose", is_flag=True, help="List every rule line and every kept path.")
+def plan_cmd(
+    root: str, rules: tuple[str, ...], keep: tuple[str, ...], force: bool, as_json: bool, top: int, verbose: bool
+) -> None:
+    """Show what would be removed from ROOT, per rule file and per distribution. Changes nothing."""
+    from slimmer.report import plan_to_dict, render_plan
+
+    plan = _make_plan(*_load(root, rules, keep, force))
+    if as_json:
+        _emit_json(plan_to_dict(plan, top=top))
+    else:
+        click.echo(render_plan(plan, top=top, verbose=verbose))
+
+
+@cli.command("apply")
+@root_argument
+@rule_options
+@click.option("--dry-run", is_flag=True, help="Only print the plan (same as 'slimmer plan').")
+@click.option(
+    "--no-commit", is_flag=True, help="Stage the removals but keep the originals, so 'slimmer undo' can restore them."
+)
+@click.option(
+    "--wait", type=float, default=0.0, metavar="SECONDS", help="Wait this long for another run on ROOT to finish."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the plan and the result as JSON.")
+@click.option("--top", default=10, show_default=True, help="Rows per table.")
+def apply_cmd(
+    root: str,
+    rules: tuple[str, ...],
+    keep: tuple[str, ...],
+    force: bool,
+    dry_run: bool,
+    no_commit: bool,
+    wait: float,
+    as_json: bool,
+    top: int,
+) -> None:
+    """Remove what the rules select from ROOT: staged first, journaled, then committed."""
+    from slimmer.apply import apply_plan
+    from slimmer.progress import Progress
+    from slimmer.report import apply_to_dict, plan_to_dict, render_apply, render_plan
+
+    plan = _make_plan(*_load(root, rules, keep, force))
+    if dry_run:
+        _emit_json(plan_to_dict(plan, top=top)) if as_json else click.echo(render_plan(plan, top=top))
+        return
+    result = apply_plan(plan, commit=not no_commit, wait=wait, progress=Progress.for_terminal("removing"))
+    if as_json:
+        _emit_json(apply_to_dict(plan, result))
+    else:
+        click.echo(render_plan(plan, top=top))
+        click.echo(render_apply(plan, result))
+
+
+@cli.command("explain")
+@root_argument
+@click.argument("path")
+@rule_options
+def explain_cmd(root: str, path: str, rules: tuple[str, ...], keep: tuple[str, ...], force: bool) -> None:
+    """Name the rule file and line that decide PATH (absolute, or relative to ROOT)."""
+    from slimmer.report import render_explain
+    from slimmer.targets import relative_inside
+
+    root_path, ruleset = _load(root, rules, keep, force)
+    plan = _make_plan(root_path, ruleset)
+    rel = relative_inside(root_path, path)
+    bases = plan.layout.relative(rel)
+    decision = ruleset.explain({b: r for b, r in bases.items() if r})
+    click.echo(render_explain(root_path, rel, decision, {b.value: r for b, r in bases.items()}))
+    for kept in plan.kept:
+        if kept.rel == rel or rel.startswith(kept.rel + "/"):
+            click.echo(f"  but kept: {kept.reason}")
+            break
+
+
+@cli.command("undo")
+@root_argument
+@click.option("--wait", type=float, default=0.0, metavar="SECONDS", help="Wait this long for another run on ROOT.")
+def undo_cmd(root: str, force: bool, wait: float) -> None:
+    """Restore what the last run on ROOT removed, if it has not been committed."""
+    from slimmer.apply import undo
+    from slimmer.targets import check_root
+
+    run_id, restored, problems = undo(check_root(root, force=force), wait=wait)
+    for rel, why in problems:
+        click.echo(f"could not restore {rel}: {why}", err=True)
+    click.echo(f"Restored {restored} items of run {run_id}.")
+    if problems:
+        raise SlimmerError(f"{len(problems)} items could not be restored; they are still in the staging folder")
+
+
+@cli.command("commit")
+@root_argument
+def commit_cmd(root: str, force: bool) -> None:
+    """Make the last run on ROOT final: delete the originals kept for undo."""
+    from slimmer.apply import commit
+    from slimmer.targets import check_root
+
+    click.echo(f"Committed run {commit(check_root(root, force=force))}.")
+
+
+@cli.command("rules")
+@click.argument("name", required=False)
+def rules_cmd(name: str | None) -> None:
+    """List the built-in rule sets, or print one (NAME)."""
+    from slimmer.rules import builtin_names, resolve_rule_file
+
+    if name:
+        click.echo(resolve_rule_file(name).read_text(encoding="utf-8"), nl=False)
+        return
+    for builtin in builtin_names():
+        first = resolve_rule_file(builtin).read_text(encoding="utf-8").splitlines()
+        desc = next((ln.split("@description", 1)[1].strip() for ln in first if "@description" in ln), "")
+        click.echo(f"{builtin:<16} {desc}")
+
+
+def main(argv: Sequence[str] | None = None, *, command: Callable[..., Any] = cli) -> int:
+    """Run the CLI; return the exit code instead of exiting."""
+    try:
+        command.main(args=list(argv) if argv is not None else None, prog_name="slimmer", standalone_mode=False)
+    except SlimmerError as exc:
+        click.echo(f"slimmer: error: {exc}", err=True)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("slimmer: interrupted", err=True)
+        return 130
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("slimmer: interrupted", err=True)
+        return 130
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+def entrypoint() -> None:
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,267 @@
+"""The plan: which paths under a root go, which rule decided each, and what stays and why.
+
+`make_plan` is pure: it walks the root once, matches rules, asks the protectors what must stay,
+and returns data. It never changes the file system; `slimmer.apply` carries a plan out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from slimmer.dists import Owners
+from slimmer.layout import Layout
+from slimmer.progress import Progress
+from slimmer.walk import Entry, Kind, Tree, walk
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from slimmer.rules import Rule, RuleSet
+
+
+@dataclass(frozen=True)
+class Removal:
+    """A file, link or empty folder that the plan removes."""
+
+    rel: str
+    kind: Kind
+    size: int
+    freed: int  # bytes the disk gets back: 0 for a hard link whose inode stays referenced
+    rule: Rule
+    dist: str
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A path that a rule would remove but that stays, and why."""
+
+    rel: str
+    size: int
+    rule: Rule | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What `apply` moves in one rename: a whole folder or a single path."""
+
+    rel: str
+    kind: Kind
+    size: int
+    freed: int
+    rule: Rule
+
+
+class Protector(Protocol):
+    """Decides which of the paths a rule removes must stay; returns {rel: reason}."""
+
+    def protect(self, ctx: PlanContext, removing: dict[str, Rule]) -> dict[str, str]: ...
+
+
+@dataclass
+class PlanContext:
+    """What protectors may read: the walked tree, its layout and the owners of each path."""
+
+    tree: Tree
+    layout: Layout
+    owners: Owners
+    rules: RuleSet
+    by_rel: dict[str, Entry] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.by_rel = {e.rel: e for e in self.tree.entries}
+
+
+@dataclass(frozen=True)
+class Plan:
+    root: Path
+    rule_names: tuple[str, ...]
+    layout: Layout
+    removals: tuple[Removal, ...]
+    units: tuple[Unit, ...]
+    kept: tuple[Kept, ...]
+    files_before: int
+    bytes_before: int
+    warnings: tuple[str, ...]
+    seconds: float
+
+    @property
+    def bytes_removed(self) -> int:
+        return sum(r.freed for r in self.removals)
+
+    @property
+    def files_removed(self) -> int:
+        return sum(1 for r in self.removals if r.kind is not Kind.DIR)
+
+    def by_rule_file(self) -> dict[str, tuple[int, int]]:
+        """{rule file: (files, bytes)}, largest first."""
+        return _tally((r.rule.source, r) for r in self.removals)
+
+    def by_rule(self) -> dict[str, tuple[int, int]]:
+        return _tally((f"{r.rule.where} {r.rule.pattern}", r) for r in self.removals)
+
+    def by_distribution(self) -> dict[str, tuple[int, int]]:
+        return _tally((r.dist, r) for r in self.removals)
+
+    def largest(self, n: int = 10) -> list[Unit]:
+        return sorted(self.units, key=lambda u: u.freed, reverse=True)[:n]
+
+
+def _tally(pairs: object) -> dict[str, tuple[int, int]]:
+    files: Counter[str] = Counter()
+    sizes: Counter[str] = Counter()
+    for key, removal in pairs:  # type: ignore[attr-defined]
+        if removal.kind is not Kind.DIR:
+            files[key] += 1
+        sizes[key] += removal.freed
+    return {k: (files[k], sizes[k]) for k in sorted(sizes, key=lambda k: (-sizes[k], k))}
+
+
+def _parent(rel: str) -> str:
+    return rel.rpartition("/")[0]
+
+
+def _decide_all(tree: Tree, layout: Layout, rules: RuleSet) -> tuple[dict[str, Rule], dict[str, Rule]]:
+    """Entries a removing rule decides, and entries a `!` line decides, keyed by path."""
+    removing: dict[str, Rule] = {}
+    negated: dict[str, Rule] = {}
+    for e in tree.entries:
+        suffix = "/" if e.kind is Kind.DIR else ""
+        rel_by_base = {b: f"{r}{suffix}" for b, r in layout.relative(e.rel).items() if r}
+        if not rel_by_base:
+            continue
+        rule = rules.decide(rel_by_base)
+        if rule is not None:
+            (negated if rule.negated else removing)[e.rel] = rule
+    return removing, negated
+
+
+def _kept_by_negation(ctx: PlanContext, removing: dict[str, Rule], negated: dict[str, Rule]) -> list[Kept]:
+    """Paths a `!` line keeps although a removing line matched them or a folder above them."""
+    removers = ctx.rules.removers()
+    kept: list[Kept] = []
+    for rel, rule in negated.items():
+        entry = ctx.by_rel[rel]
+        if entry.kind is Kind.DIR:
+            continue
+        inside_removed = any(a in removing for a in _ancestors(_parent(rel)))
+        rel_by_base = {b: r for b, r in ctx.layout.relative(rel).items() if r}
+        if inside_removed or removers.decide(rel_by_base) is not None:
+            kept.append(Kept(rel, entry.size, rule, f"kept by {rule.where} '{rule.pattern}'"))
+    return kept
+
+
+def _ancestors(rel: str) -> list[str]:
+    out = []
+    while rel:
+        out.append(rel)
+        rel = _parent(rel)
+    return out
+
+
+def make_plan(
+    root: Path,
+    rules: RuleSet,
+    *,
+    protectors: tuple[Protector, ...] = (),
+    progress: Progress | None = None,
+) -> Plan:
+    """Walk `root`, match `rules`, let `protectors` keep what must stay; change nothing."""
+    start = time.monotonic()
+    tree = walk(root, progress=progress or Progress.quiet())
+    layout = Layout.detect(tree)
+    owners = Owners(tree, layout)
+    ctx = PlanContext(tree=tree, layout=layout, owners=owners, rules=rules)
+
+    removing, negated = _decide_all(tree, layout, rules)
+    kept = _kept_by_negation(ctx, removing, negated)
+    for protector in protectors:
+        for rel, reason in protector.protect(ctx, removing).items():
+            rule = removing.pop(rel, None)
+            if rule is not None and ctx.by_rel[rel].kind is not Kind.DIR:
+                kept.append(Kept(rel, ctx.by_rel[rel].size, rule, reason))
+    # A kept path keeps every folder above it.
+    for k in list(kept):
+        for ancestor in _ancestors(_parent(k.rel)):
+            removing.pop(ancestor, None)
+
+    # Folders: one goes whole only if a rule names it and everything inside it goes too.
+    total_children: Counter[str] = Counter(_parent(e.rel) for e in tree.entries)
+    gone_children: Counter[str] = Counter()
+    for e in reversed(tree.entries):
+        if e.rel not in removing:
+            continue
+        if e.kind is Kind.DIR and gone_children[e.rel] != total_children[e.rel]:
+            del removing[e.rel]
+            continue
+        gone_children[_parent(e.rel)] += 1
+
+    links_inside = tree.links_inside()
+    counted: set[tuple[int, int]] = set()
+    outside_links: list[str] = []
+    removals: list[Removal] = []
+    folder_size: defaultdict[str, int] = defaultdict(int)
+    folder_freed: defaultdict[str, int] = defaultdict(int)
+    removed_links: Counter[tuple[int, int]] = Counter()
+    for e in tree.entries:
+        if e.rel in removing and e.kind is Kind.FILE and e.nlink > 1:
+            removed_links[(e.dev, e.ino)] += 1
+    for e in tree.entries:
+        rule = removing.get(e.rel)
+        if rule is None:
+            continue
+        freed = e.size
+        if e.kind is Kind.FILE and e.nlink > 1:
+            key = (e.dev, e.ino)
+            all_links_go = links_inside[key] == e.nlink and removed_links[key] == e.nlink
+            if links_inside[key] < e.nlink:
+                outside_links.append(e.rel)
+            freed = e.size if all_links_go and key not in counted else 0
+            counted.add(key)
+        elif e.kind is Kind.DIR:
+            freed = 0
+        removals.append(Removal(e.rel, e.kind, e.size, freed, rule, owners.label(e.rel)))
+        for ancestor in _ancestors(_parent(e.rel)):
+            if ancestor in removing:
+                folder_size[ancestor] += e.size
+                folder_freed[ancestor] += freed
+
+    units = tuple(
+        Unit(
+            r.rel,
+            r.kind,
+            folder_size[r.rel] if r.kind is Kind.DIR else r.size,
+            folder_freed[r.rel] if r.kind is Kind.DIR else r.freed,
+            r.rule,
+        )
+        for r in removals
+        if _parent(r.rel) not in removing
+    )
+
+    warnings: list[str] = []
+    if not layout.site_packages:
+        warnings.append("no site-packages folder found: rules relative to site-packages match nothing")
+    for mount in tree.mounts:
+        warnings.append(f"{mount}: another file system, not entered")
+    for rel, why in tree.unreadable:
+        warnings.append(f"{rel or '.'}: cannot read ({why})")
+    if outside_links:
+        warnings.append(
+            f"{len(outside_links)} file(s) have hard links outside the root "
+            f"(first: {outside_links[0]}): removing them frees no space"
+        )
+    return Plan(
+        root=root,
+        rule_names=rules.names,
+        layout=layout,
+        removals=tuple(removals),
+        units=units,
+        kept=tuple(sorted(kept, key=lambda k: k.rel)),
+        files_before=sum(1 for e in tree.entries if e.kind is not Kind.DIR),
+        bytes_before=tree.total_bytes,
+        warnings=tuple(warnings),
+        seconds=time.monotonic() - start,
+    )

@@ -1,0 +1,148 @@
+"""Turn plans and results into text for people and dictionaries for `--json`. Pure functions."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import humanize
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from slimmer.apply import ApplyResult
+    from slimmer.plan import Plan
+    from slimmer.rules import Decision
+
+
+def size(n: int) -> str:
+    return humanize.naturalsize(n, binary=True, format="%.1f")
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "0.0%"
+
+
+def _table(title: str, rows: dict[str, tuple[int, int]], limit: int) -> list[str]:
+    if not rows:
+        return []
+    lines = [title]
+    width = min(60, max(len(k) for k in list(rows)[:limit]))
+    for key, (files, nbytes) in list(rows.items())[:limit]:
+        lines.append(f"  {key:<{width}}  {files:>7} files  {size(nbytes):>10}")
+    if len(rows) > limit:
+        rest = list(rows.values())[limit:]
+        lines.append(
+            f"  {'(' + str(len(rest)) + ' more)':<{width}}  {sum(f for f, _ in rest):>7} files  "
+            f"{size(sum(b for _, b in rest)):>10}"
+        )
+    return lines
+
+
+def render_plan(plan: Plan, *, top: int = 10, verbose: bool = False) -> str:
+    lines = [f"slimmer plan for {plan.root} (rules: {', '.join(plan.rule_names)})"]
+    if plan.layout.site_packages:
+        lines.append("  site-packages: " + ", ".join(s or "." for s in plan.layout.site_packages))
+    lines += _table("By rule file:", plan.by_rule_file(), top)
+    lines += _table("By distribution:", plan.by_distribution(), top)
+    if verbose:
+        lines += _table("By rule line:", plan.by_rule(), 1000)
+    largest = plan.largest(top)
+    if largest:
+        lines.append("Largest items:")
+        for unit in largest:
+            suffix = "/" if unit.kind.value == "dir" else ""
+            lines.append(f"  {size(unit.freed):>10}  {unit.rel}{suffix}  ({unit.rule.where})")
+    if plan.kept:
+        lines.append(f"Kept although a rule matched ({len(plan.kept)}):")
+        shown = plan.kept if verbose else plan.kept[:top]
+        for k in shown:
+            lines.append(f"  {k.rel}: {k.reason}")
+        if len(plan.kept) > len(shown):
+            lines.append(f"  ... {len(plan.kept) - len(shown)} more (--verbose lists all)")
+    lines.extend(f"warning: {w}" for w in plan.warnings)
+    after = plan.bytes_before - plan.bytes_removed
+    lines.append(
+        f"Total: {plan.files_removed} of {plan.files_before} files, "
+        f"{size(plan.bytes_removed)} of {size(plan.bytes_before)} ({_pct(plan.bytes_removed, plan.bytes_before)}); "
+        f"{size(after)} would remain. Planned in {plan.seconds:.2f} s."
+    )
+    return "\n".join(lines)
+
+
+def plan_to_dict(plan: Plan, *, top: int = 20) -> dict[str, Any]:
+    def table(rows: dict[str, tuple[int, int]]) -> list[dict[str, Any]]:
+        return [{"name": k, "files": f, "bytes": b} for k, (f, b) in rows.items()]
+
+    return {
+        "root": str(plan.root),
+        "rules": list(plan.rule_names),
+        "site_packages": list(plan.layout.site_packages),
+        "prefixes": list(plan.layout.prefixes),
+        "files_before": plan.files_before,
+        "bytes_before": plan.bytes_before,
+        "files_removed": plan.files_removed,
+        "bytes_removed": plan.bytes_removed,
+        "seconds": round(plan.seconds, 3),
+        "by_rule_file": table(plan.by_rule_file()),
+        "by_rule": table(plan.by_rule()),
+        "by_distribution": table(plan.by_distribution()),
+        "largest": [
+            {"path": u.rel, "kind": u.kind.value, "bytes": u.freed, "rule": u.rule.where} for u in plan.largest(top)
+        ],
+        "kept": [
+            {"path": k.rel, "bytes": k.size, "reason": k.reason, "rule": k.rule.where if k.rule else None}
+            for k in plan.kept
+        ],
+        "removed": [
+            {"path": r.rel, "kind": r.kind.value, "bytes": r.freed, "rule": r.rule.where, "dist": r.dist}
+            for r in plan.removals
+        ],
+        "warnings": list(plan.warnings),
+    }
+
+
+def render_apply(plan: Plan, result: ApplyResult) -> str:
+    lines = []
+    for rel, why in result.failures:
+        lines.append(f"could not remove {rel}: {why}")
+    if result.undone:
+        state = "undone: the tree is as it was"
+    elif result.committed:
+        state = "committed"
+    else:
+        state = f"staged, not committed: 'slimmer commit {plan.root}' keeps it, 'slimmer undo {plan.root}' restores it"
+    lines.append(
+        f"Removed {result.staged} of {len(plan.units)} items, {size(result.freed)} freed "
+        f"({_pct(result.freed, plan.bytes_before)} of {size(plan.bytes_before)}); "
+        f"{len(result.failures)} failed; run {result.run_id} {state}. "
+        f"Took {plan.seconds + result.seconds:.2f} s (plan {plan.seconds:.2f} s, apply {result.seconds:.2f} s)."
+    )
+    return "\n".join(lines)
+
+
+def apply_to_dict(plan: Plan, result: ApplyResult) -> dict[str, Any]:
+    return {
+        "plan": plan_to_dict(plan),
+        "run": result.run_id,
+        "staged": result.staged,
+        "freed": result.freed,
+        "failures": [{"path": p, "error": e} for p, e in result.failures],
+        "committed": result.committed,
+        "undone": result.undone,
+        "seconds": round(plan.seconds + result.seconds, 3),
+    }
+
+
+def render_explain(root: Path, rel: str, decision: Decision, bases: dict[str, str]) -> str:
+    seen = ", ".join(f"{b}: {r}" for b, r in bases.items()) or "outside every site-packages and prefix"
+    lines = [f"{rel} (as {seen})"]
+    for rule in decision.matched:
+        lines.append(f"  matches {rule}")
+    if decision.rule is None:
+        lines.append("  no rule matches: kept")
+    elif decision.rule.negated:
+        lines.append(f"  kept by {decision.rule}")
+    else:
+        lines.append(f"  removed by {decision.rule}")
+    del root
+    return "\n".join(lines)

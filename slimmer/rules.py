@@ -1,0 +1,246 @@
+"""Rule files: gitignore patterns, each anchored to a base, with the file and line it came from.
+
+A rule file is gitignore syntax (pathspec's `GitIgnoreSpec`) plus two directives written as
+comments, so that the file stays a valid gitignore file:
+
+    # @relative-to site-packages    patterns below match paths inside each site-packages folder
+    # @relative-to prefix           patterns below match paths inside each environment prefix
+    # @include bytecode             the rules of another file, in place (a built-in name or a path)
+
+Every pattern must come after a `@relative-to` line. Order is global across included files: the
+last matching line decides, so `!pattern` keeps what an earlier line (of any file) removed.
+
+This module parses and matches; it never touches the file system beyond reading rule files.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pathspec
+from pathspec.patterns.gitignore.spec import GitIgnoreSpecPattern
+
+from slimmer.errors import RuleError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+
+RULE_SUFFIX = ".rules"
+_DIRECTIVE = re.compile(r"^#\s*@(?P<name>[a-z-]+)\s*(?P<arg>.*?)\s*$")
+
+
+class Base(enum.Enum):
+    """What a pattern is relative to."""
+
+    SITE_PACKAGES = "site-packages"
+    PREFIX = "prefix"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One pattern line, with where it came from."""
+
+    pattern: str
+    base: Base
+    source: str
+    line: int
+
+    @property
+    def negated(self) -> bool:
+        return self.pattern.startswith("!")
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.line}"
+
+    def __str__(self) -> str:
+        return f"{self.where} '{self.pattern}' (relative to {self.base.value})"
+
+
+def builtin_rules_dir() -> Path:
+    """The folder of built-in rule files: inside the wheel, or `rules/` of a source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "rules", here.parent / "rules"):
+        if candidate.is_dir():
+            return candidate
+    msg = f"built-in rules not found next to {here}: reinstall torch-slimmer"
+    raise RuleError(msg)
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in builtin_rules_dir().glob(f"*{RULE_SUFFIX}"))
+
+
+def resolve_rule_file(ref: str, relative_to: Path | None = None) -> Path:
+    """A built-in rule name (`default`) or a path (`./my.rules`) to a readable rule file."""
+    looks_like_path = "/" in ref or ref.endswith(RULE_SUFFIX)
+    if looks_like_path:
+        path = Path(ref).expanduser()
+        if not path.is_absolute() and relative_to is not None:
+            path = relative_to / path
+        if not path.is_file():
+            msg = f"rule file {ref} not found"
+            raise RuleError(msg)
+        return path
+    path = builtin_rules_dir() / f"{ref}{RULE_SUFFIX}"
+    if not path.is_file():
+        known = ", ".join(builtin_names())
+        msg = f"unknown rule set '{ref}': use a built-in name ({known}) or a path to a .rules file"
+        raise RuleError(msg)
+    return path
+
+
+def _display(path: Path) -> str:
+    builtin = builtin_rules_dir()
+    try:
+        return f"rules/{path.resolve().relative_to(builtin)}"
+    except ValueError:
+        return str(path)
+
+
+def _check_pattern(pattern: str, where: str) -> None:
+    try:
+        compiled = GitIgnoreSpecPattern(pattern)
+    except Exception as exc:  # pathspec raises several types for a bad pattern
+        msg = f"{where}: malformed pattern '{pattern}': {exc}"
+        raise RuleError(msg) from None
+    if compiled.include is None:
+        msg = f"{where}: malformed pattern '{pattern}': it can never match (unbalanced '[' ?)"
+        raise RuleError(msg)
+
+
+def _parse_file(path: Path, stack: tuple[Path, ...]) -> list[Rule]:
+    real = path.resolve()
+    if real in stack:
+        chain = " -> ".join(_display(p) for p in (*stack, real))
+        msg = f"{_display(path)}: include cycle: {chain}"
+        raise RuleError(msg)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        msg = f"{_display(path)}: cannot read rule file: {exc}"
+        raise RuleError(msg) from None
+    source = _display(path)
+    rules: list[Rule] = []
+    base: Base | None = None
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.rstrip("\n")
+        where = f"{source}:{number}"
+        directive = _DIRECTIVE.match(line.strip())
+        if directive:
+            name, arg = directive["name"], directive["arg"]
+            if name == "relative-to":
+                try:
+                    base = Base(arg)
+                except ValueError:
+                    choices = ", ".join(b.value for b in Base)
+                    msg = f"{where}: unknown base '{arg}' for @relative-to: use one of {choices}"
+                    raise RuleError(msg) from None
+            elif name == "include":
+                if not arg:
+                    msg = f"{where}: @include needs a rule name or path"
+                    raise RuleError(msg)
+                try:
+                    included = resolve_rule_file(arg, relative_to=path.parent)
+                except RuleError as exc:
+                    msg = f"{where}: {exc}"
+                    raise RuleError(msg) from None
+                rules.extend(_parse_file(included, (*stack, real)))
+            elif name != "description":
+                msg = f"{where}: unknown directive '@{name}': use @relative-to, @include or @description"
+                raise RuleError(msg)
+            continue
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if base is None:
+            msg = (
+                f"{where}: pattern '{stripped}' comes before any '# @relative-to' line: "
+                "say whether it is relative to site-packages or prefix"
+            )
+            raise RuleError(msg)
+        _check_pattern(stripped, where)
+        rules.append(Rule(pattern=stripped, base=base, source=source, line=number))
+    return rules
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The rule line that decides a path, and every line that matched it."""
+
+    rule: Rule | None
+    matched: tuple[Rule, ...] = ()
+
+    @property
+    def removes(self) -> bool:
+        return self.rule is not None and not self.rule.negated
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """An ordered, immutable list of rules. Methods that add rules return a new set."""
+
+    rules: tuple[Rule, ...]
+    names: tuple[str, ...] = ()
+    _specs: dict[Base, tuple[pathspec.GitIgnoreSpec, tuple[int, ...]]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    @classmethod
+    def load(cls, refs: Sequence[str]) -> RuleSet:
+        rules: list[Rule] = []
+        for ref in refs:
+            rules.extend(_parse_file(resolve_rule_file(ref), ()))
+        return cls(rules=tuple(rules), names=tuple(refs))
+
+    def with_keep(self, patterns: Iterable[str]) -> RuleSet:
+        """Protect paths matching `patterns` (relative to either base), whatever came before."""
+        extra: list[Rule] = []
+        for number, pattern in enumerate(patterns, start=1):
+            clean = pattern.strip().removeprefix("!")
+            if not clean:
+                msg = "--keep: empty pattern"
+                raise RuleError(msg)
+            where = f"--keep:{number}"
+            _check_pattern(clean, where)
+            extra.extend(Rule(f"!{clean}", base, "--keep", number) for base in Base)
+        return RuleSet(rules=self.rules + tuple(extra), names=self.names)
+
+    def removers(self) -> RuleSet:
+        """The same set without its `!` lines."""
+        return RuleSet(rules=tuple(r for r in self.rules if not r.negated), names=self.names)
+
+    def _compiled(self) -> dict[Base, tuple[pathspec.GitIgnoreSpec, tuple[int, ...]]]:
+        if not self._specs:
+            for base in Base:
+                indices = tuple(i for i, r in enumerate(self.rules) if r.base is base)
+                spec = pathspec.GitIgnoreSpec.from_lines([self.rules[i].pattern for i in indices])
+                self._specs[base] = (spec, indices)
+        return self._specs
+
+    def decide(self, rel_by_base: Mapping[Base, str]) -> Rule | None:
+        """The last rule (in global order) that matches the path, or None."""
+        best = -1
+        for base, rel in rel_by_base.items():
+            spec, indices = self._compiled()[base]
+            index = spec.check_file(rel).index
+            if index is not None:
+                best = max(best, indices[index])
+        return self.rules[best] if best >= 0 else None
+
+    def explain(self, rel_by_base: Mapping[Base, str]) -> Decision:
+        """Like `decide`, and also every rule that matched on the way."""
+        matched: list[int] = []
+        for base, rel in rel_by_base.items():
+            for i, rule in enumerate(self.rules):
+                if rule.base is not base:
+                    continue
+                single = pathspec.GitIgnoreSpec.from_lines([rule.pattern.removeprefix("!")])
+                if single.match_file(rel):
+                    matched.append(i)
+        matched.sort()
+        return Decision(rule=self.decide(rel_by_base), matched=tuple(self.rules[i] for i in matched))

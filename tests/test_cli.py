@@ -1,0 +1,101 @@
+"""The command line: exit codes, one-line errors, JSON, explain, and the real entry point."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from slimmer.cli import main
+from tests.helpers import make_tree
+
+SP = "lib/python3.11/site-packages"
+
+
+def env(tmp_path):
+    return make_tree(
+        tmp_path / "env",
+        {f"{SP}/torch/test/bin_test": "x" * 2048, f"{SP}/torch/__init__.py": "", f"{SP}/pkg/README.md": "r"},
+    )
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "slimmer", *args], capture_output=True, text=True, check=False)
+
+
+def test_help_explains_every_command():
+    proc = run("--help")
+    assert proc.returncode == 0
+    for command in ("plan", "apply", "explain", "undo", "commit", "rules"):
+        assert command in proc.stdout
+    assert "slimmer apply --rules default /opt/conda/envs/py" in proc.stdout
+
+
+def test_unknown_rule_set_is_one_line_and_exit_2(tmp_path):
+    proc = run("plan", str(env(tmp_path)), "--rules", "nosuch")
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("slimmer: error: unknown rule set 'nosuch'")
+
+
+def test_malformed_rule_file_names_file_and_line(tmp_path):
+    bad = tmp_path / "bad.rules"
+    bad.write_text("# @relative-to prefix\n\\\n")
+    proc = run("apply", str(env(tmp_path)), "--rules", str(bad))
+    assert proc.returncode == 2
+    assert f"{bad}:2: malformed pattern" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_missing_root_and_root_refusal(tmp_path):
+    proc = run("apply", str(tmp_path / "nope"))
+    assert proc.returncode == 2 and "no such folder" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run("apply", "/")
+    assert proc.returncode == 2 and "--force" in proc.stderr
+
+
+def test_plan_json_and_text(tmp_path, capsys):
+    root = env(tmp_path)
+    assert main(["plan", str(root), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["files_removed"] == 2
+    assert data["bytes_removed"] == 2049
+    assert {r["path"] for r in data["removed"]} == {
+        f"{SP}/torch/test",
+        f"{SP}/torch/test/bin_test",
+        f"{SP}/pkg/README.md",
+    }
+    assert data["by_rule_file"][0]["name"] == "rules/torch-tests.rules"
+    assert main(["plan", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "Total: 2 of 3 files, 2.0 KiB" in out
+    assert (root / SP / "torch/test/bin_test").exists()
+
+
+def test_dry_run_changes_nothing_and_apply_reports_time(tmp_path, capsys):
+    root = env(tmp_path)
+    assert main(["apply", "--dry-run", str(root)]) == 0
+    assert (root / SP / "torch/test").exists()
+    capsys.readouterr()
+    assert main(["apply", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert not (root / SP / "torch/test").exists()
+    assert "Removed 2 of 2 items" in out and "Took " in out and "committed" in out
+
+
+def test_explain_names_the_deciding_line(tmp_path, capsys):
+    root = env(tmp_path)
+    assert main(["explain", str(root), f"{SP}/torch/test/bin_test"]) == 0
+    out = capsys.readouterr().out
+    assert "removed by rules/torch-tests.rules:3 'torch/test/' (relative to site-packages)" in out
+    assert main(["explain", str(root), str(root / SP / "torch/__init__.py")]) == 0
+    assert "no rule matches: kept" in capsys.readouterr().out
+    assert main(["explain", str(root), "/etc/passwd"]) == 2
+
+
+def test_undo_via_cli(tmp_path, capsys):
+    root = env(tmp_path)
+    assert main(["apply", "--no-commit", str(root)]) == 0
+    assert "slimmer undo" in capsys.readouterr().out
+    assert main(["undo", str(root)]) == 0
+    assert (root / SP / "torch/test/bin_test").exists()
+    assert main(["undo", str(root)]) == 4
