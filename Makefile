@@ -21,6 +21,7 @@ help:
 	@echo "make demo   - build a torch $(TORCH_VERSION) environment, slim a copy with --rules default, print the report"
 	@echo "make test   - install what the tests need and run them"
 	@echo "make lint   - ruff"
+	@echo "make bench  - slimmer against the seed recipe on real environments (bench/RESULTS.md)"
 
 $(VENV)/.done: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,15 +42,92 @@ demo: venv envs
 	$(DEMO_DIR)/bin/python fixtures/smoke.py
 
 lint: venv
-	$(VENV)/bin/ruff check slimmer tests
-	$(VENV)/bin/ruff format --check slimmer tests
+	$(VENV)/bin/ruff check slimmer tests bench
+	$(VENV)/bin/ruff format --check slimmer tests bench
 
 unit: venv
 	$(PY) -m pytest -m "not torch and not docker and not slow"
 
-test: venv envs
-	$(VENV)/bin/ruff check slimmer tests
+test: venv envs bench-tools elf-fixtures libs-env docker scatter-env
+	$(VENV)/bin/ruff check slimmer tests bench
 	$(PY) -m pytest
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# Benchmark (bench/run.py): slimmer against ../shared/bench/seed_recipe.sh on real environments.
+#   make bench                                              all environments, 3 runs per variant
+#   make bench BENCH_ENVS=torch-2.13.0 BENCH_ARGS="--repeat 1"
+BENCH_CUDA_VERSION := 2.14.1
+BENCH_ENVS ?= torch-2.13.0,torch-$(BENCH_CUDA_VERSION),torch-2.13.0+scatter
+BENCH_ARGS ?=
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: bench bench-envs bench-tools
+
+# GNU time for the peak memory of each run (`/usr/bin/time -v`)
+bench-tools:
+	@[ -x /usr/bin/time ] || $(SUDO) apt-get install -y -q time \
+	  || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q time; }
+
+# Builds only the environments BENCH_ENVS names: the CUDA one (5.4 GB: nvidia-* wheels, triton) with
+# make_env.sh through `make envs`, the torch_scatter one through the scatter-env target where it exists.
+bench-envs: envs
+	@case ",$(BENCH_ENVS)," in *,torch-$(BENCH_CUDA_VERSION),*) \
+	  $(MAKE) --no-print-directory envs TORCH_VERSION=$(BENCH_CUDA_VERSION);; esac
+	@case ",$(BENCH_ENVS)," in *,torch-2.13.0+scatter,*) \
+	  if grep -q '^scatter-env:' $(firstword $(MAKEFILE_LIST)); then $(MAKE) --no-print-directory scatter-env; \
+	  else echo "bench: no scatter-env target in the Makefile: the torch_scatter environment is skipped"; fi;; esac
+
+bench: venv bench-tools bench-envs
+	$(PY) bench/run.py --envs $(BENCH_ENVS) $(BENCH_ARGS)
+
+# ELF fixtures (fixtures/elf/build.sh: gcc -g library and executable, a patchelf-rewritten library,
+# an nvcc library for sm_80 and sm_90 when nvcc exists, damaged and odd files), keyed by a hash of
+# their sources; and a venv of manylinux wheels whose vendored libraries auditwheel patched.
+ELF_FIXTURES := $(CACHE)/elf-fixtures-$(shell cat fixtures/elf/build.sh fixtures/elf/*.c fixtures/elf/*.cu | sha256sum | cut -c1-12)
+LIBS_PINS := numpy==2.4.6 scipy==1.17.1 pillow==13.0.0 opencv-python-headless==5.0.0.93
+LIBS_ENV := $(CACHE)/envs/manylinux-libs-$(shell echo $(LIBS_PINS) | sha256sum | cut -c1-8)
+export SLIMMER_ELF_FIXTURES := $(ELF_FIXTURES)
+export SLIMMER_LIBS_ENV := $(LIBS_ENV)
+# Used by the CUDA test when it exists; `make test` does not build it (5.4 GB).
+export SLIMMER_TORCH_CUDA_ENV := $(CACHE)/envs/torch-2.14.1
+
+.PHONY: elf-fixtures libs-env
+
+$(ELF_FIXTURES)/.complete: fixtures/elf/build.sh
+	@command -v patchelf >/dev/null && command -v strip >/dev/null && command -v gcc >/dev/null \
+	  || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q patchelf binutils gcc; }
+	fixtures/elf/build.sh $(ELF_FIXTURES)
+
+elf-fixtures: $(ELF_FIXTURES)/.complete
+
+$(LIBS_ENV)/.complete:
+	PYTHON=$(PYTHON) fixtures/make_env.sh $(LIBS_ENV) $(LIBS_PINS)
+
+libs-env: $(LIBS_ENV)/.complete
+
+# Docker engine and registry-free base images for the pipeline tests (tests/test_pipeline_docker.py):
+# installs docker.io and debootstrap if missing, starts dockerd if no engine answers, debootstraps
+# Debian $(DOCKER_SUITE) once into $(CACHE)/images and `docker import`s it as slimmer-base:$(DOCKER_SUITE).
+DOCKER_SUITE ?= bookworm
+export SLIMMER_DOCKER_BASE := slimmer-base:$(DOCKER_SUITE)
+
+.PHONY: docker
+docker:
+	fixtures/docker_setup.sh $(CACHE) $(DOCKER_SUITE)
+
+# torch_scatter built from its PyPI sdist against the CPU torch environment (tests/test_verify_torch.py,
+# bench): the wheel is cached in $(CACHE)/wheels/torch-$(TORCH_VERSION), the environment (a copy of
+# $(TORCH_ENV) with the wheel installed) in $(SCATTER_ENV). Compiling takes minutes on 2 cores.
+SCATTER_VERSION ?= 2.1.2
+SCATTER_ENV := $(CACHE)/envs/torch-$(TORCH_VERSION)-scatter-$(SCATTER_VERSION)
+export SLIMMER_SCATTER_ENV := $(SCATTER_ENV)
+
+.PHONY: scatter-env
+
+$(SCATTER_ENV)/.complete: $(TORCH_ENV)/.complete fixtures/make_scatter_env.sh
+	@command -v g++ >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q g++; }
+	MAX_JOBS=2 fixtures/make_scatter_env.sh $(TORCH_ENV) $(SCATTER_ENV) $(CACHE)/wheels/torch-$(TORCH_VERSION) $(SCATTER_VERSION)
+
+scatter-env: $(SCATTER_ENV)/.complete

@@ -9,6 +9,7 @@ under the root, so a symlink planted after the walk is not followed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import stat
@@ -50,6 +51,7 @@ class ApplyResult:
     freed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     rewritten: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)
+    skipped: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # rewriter -> [(rel, why)]
     committed: bool = False
     undone: bool = False
     seconds: float = 0.0
@@ -82,7 +84,7 @@ class _Mover:
         if parent and parent not in self._made:
             os.makedirs(self.staged / parent, exist_ok=True)
             self._made.add(parent)
-        os.rename(self.root / rel, self.staged / rel)
+        _rename(os.fspath(self.root / rel), os.fspath(self.staged / rel))
 
     def restore(self, rel: str) -> None:
         parent = rel.rpartition("/")[0]
@@ -91,7 +93,7 @@ class _Mover:
         if not self._real_folder(parent):
             msg = f"{parent} is not a real folder under the root"
             raise OSError(msg)
-        os.replace(self.staged / rel, self.root / rel)
+        _replace(os.fspath(self.staged / rel), os.fspath(self.root / rel))
 
     def swap(self, rel: str, new: Path) -> tuple[int, int]:
         """Stage the original of `rel` and put `new` in its place: (old size, new size)."""
@@ -104,6 +106,42 @@ class _Mover:
             self.stage(rel)
             os.rename(new, path)
         return st.st_size, os.lstat(path).st_size
+
+
+def _rename(src: str, dst: str) -> None:
+    """os.rename; a folder that overlayfs refuses to rename (EXDEV: it comes from a lower layer of a
+    container image, as in a Dockerfile RUN) is moved entry by entry instead: files rename fine there."""
+    try:
+        os.rename(src, dst)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV or os.path.islink(src) or not os.path.isdir(src):
+            raise
+        mode = stat.S_IMODE(os.lstat(src).st_mode)
+        with contextlib.suppress(FileExistsError):  # a run killed half-way through this folder
+            os.mkdir(dst, 0o700)
+        with os.scandir(src) as entries:
+            for entry in list(entries):
+                _rename(entry.path, os.path.join(dst, entry.name))
+        os.rmdir(src)
+        os.chmod(dst, mode)
+
+
+def _replace(src: str, dst: str) -> None:
+    """os.replace; merges SRC into a folder DST that a half-done entry-by-entry move left behind."""
+    try:
+        os.replace(src, dst)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EXDEV) or os.path.islink(src):
+            raise
+        if not os.path.isdir(src) or os.path.islink(dst) or (os.path.lexists(dst) and not os.path.isdir(dst)):
+            raise
+        if not os.path.lexists(dst):
+            os.mkdir(dst, 0o700)
+        with os.scandir(src) as entries:
+            for entry in list(entries):
+                _replace(entry.path, os.path.join(dst, entry.name))
+        os.chmod(dst, stat.S_IMODE(os.lstat(src).st_mode))
+        os.rmdir(src)
 
 
 def apply_plan(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from slimmer import __version__
+from slimmer.commands.verify import apply_verify_options
 from slimmer.errors import SlimmerError
 
 if TYPE_CHECKING:
@@ -46,17 +47,32 @@ def rule_options(func: F) -> F:
     )(func)
 
 
+def profile_option(func: F) -> F:
+    return click.option(
+        "--profile",
+        default="default",
+        show_default=True,
+        metavar="NAME",
+        help="What the image does at run time: 'default' keeps what run-time compilation needs "
+        "(torch.compile, cpp_extension.load, Python.h); 'runtime' (never compiles) removes that too "
+        "and the plan says what stops working.",
+    )(func)
+
+
 def root_argument(func: F) -> F:
     func = click.option("--force", is_flag=True, help="Allow / or your home folder as ROOT.")(func)
     return click.argument("root", type=click.Path(path_type=str))(func)
 
 
-def _load(root_arg: str, rules: Sequence[str], keep: Sequence[str], force: bool) -> tuple[Path, Any]:
+def _load(
+    root_arg: str, rules: Sequence[str], keep: Sequence[str], force: bool, profile: str = "default"
+) -> tuple[Path, Any]:
+    from slimmer.profiles import with_profile
     from slimmer.rules import RuleSet
     from slimmer.targets import check_root
 
     root = check_root(root_arg, force=force)
-    ruleset = RuleSet.load(list(rules) or ["default"])
+    ruleset = with_profile(RuleSet.load(list(rules) or ["default"]), profile)
     if keep:
         ruleset = ruleset.with_keep(keep)
     return root, ruleset
@@ -87,16 +103,24 @@ def cli() -> None:
 @cli.command("plan")
 @root_argument
 @rule_options
+@profile_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--top", default=10, show_default=True, help="Rows per table.")
 @click.option("-v", "--verbose", is_flag=True, help="List every rule line and every kept path.")
 def plan_cmd(
-    root: str, rules: tuple[str, ...], keep: tuple[str, ...], force: bool, as_json: bool, top: int, verbose: bool
+    root: str,
+    rules: tuple[str, ...],
+    keep: tuple[str, ...],
+    force: bool,
+    as_json: bool,
+    top: int,
+    verbose: bool,
+    profile: str = "default",
 ) -> None:
     """Show what would be removed from ROOT, per rule file and per distribution. Changes nothing."""
     from slimmer.report import plan_to_dict, render_plan
 
-    plan = _make_plan(*_load(root, rules, keep, force))
+    plan = _make_plan(*_load(root, rules, keep, force, profile))
     if as_json:
         _emit_json(plan_to_dict(plan, top=top))
     else:
@@ -106,6 +130,7 @@ def plan_cmd(
 @cli.command("apply")
 @root_argument
 @rule_options
+@profile_option
 @click.option("--dry-run", is_flag=True, help="Only print the plan (same as 'slimmer plan').")
 @click.option(
     "--no-commit", is_flag=True, help="Stage the removals but keep the originals, so 'slimmer undo' can restore them."
@@ -115,6 +140,7 @@ def plan_cmd(
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the plan and the result as JSON.")
 @click.option("--top", default=10, show_default=True, help="Rows per table.")
+@apply_verify_options
 def apply_cmd(
     root: str,
     rules: tuple[str, ...],
@@ -125,17 +151,29 @@ def apply_cmd(
     wait: float,
     as_json: bool,
     top: int,
+    verify: Any = None,
+    profile: str = "default",
 ) -> None:
     """Remove what the rules select from ROOT: staged first, journaled, then committed."""
     from slimmer.apply import apply_plan
     from slimmer.progress import Progress
     from slimmer.report import apply_to_dict, plan_to_dict, render_apply, render_plan
 
-    plan = _make_plan(*_load(root, rules, keep, force))
+    plan = _make_plan(*_load(root, rules, keep, force, profile))
     if dry_run:
         _emit_json(plan_to_dict(plan, top=top)) if as_json else click.echo(render_plan(plan, top=top))
         return
-    result = apply_plan(plan, commit=not no_commit, wait=wait, progress=Progress.for_terminal("removing"))
+    from slimmer.elf.strip import Stripper
+    from slimmer.protect.records import RecordRewriter
+
+    run = apply_plan if verify is None else verify.apply  # --verify: checks before/after, undo on a regression
+    result = run(
+        plan,
+        commit=not no_commit,
+        wait=wait,
+        rewriters=(Stripper(), RecordRewriter()),  # RECORD last: it hashes what the others rewrote
+        progress=Progress.for_terminal("removing"),
+    )
     if as_json:
         _emit_json(apply_to_dict(plan, result))
     else:
@@ -147,12 +185,15 @@ def apply_cmd(
 @root_argument
 @click.argument("path")
 @rule_options
-def explain_cmd(root: str, path: str, rules: tuple[str, ...], keep: tuple[str, ...], force: bool) -> None:
+@profile_option
+def explain_cmd(
+    root: str, path: str, rules: tuple[str, ...], keep: tuple[str, ...], force: bool, profile: str = "default"
+) -> None:
     """Name the rule file and line that decide PATH (absolute, or relative to ROOT)."""
     from slimmer.report import render_explain
     from slimmer.targets import relative_inside
 
-    root_path, ruleset = _load(root, rules, keep, force)
+    root_path, ruleset = _load(root, rules, keep, force, profile)
     plan = _make_plan(root_path, ruleset)
     rel = relative_inside(root_path, path)
     bases = plan.layout.relative(rel)
@@ -230,3 +271,16 @@ def main(argv: Sequence[str] | None = None, *, command: Callable[..., Any] = cli
 
 def entrypoint() -> None:
     sys.exit(main(sys.argv[1:]))
+
+from slimmer.commands.pipeline import build_and_slim_cmd, dockerfile_cmd, image_cmd  # noqa: E402
+
+cli.add_command(build_and_slim_cmd)
+cli.add_command(dockerfile_cmd)
+cli.add_command(image_cmd)
+from slimmer.commands.elf import elf_cmd  # noqa: E402
+
+cli.add_command(elf_cmd)
+from slimmer.commands.verify import doctor_cmd, verify_cmd  # noqa: E402
+
+cli.add_command(verify_cmd)
+cli.add_command(doctor_cmd)

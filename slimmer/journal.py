@@ -93,7 +93,11 @@ class Journal:
     def create(cls, root: Path, **header: Any) -> Journal:
         runs = state_dir(root) / "runs"
         runs.mkdir(parents=True, exist_ok=True)
-        run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+        base = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+        run_id, n = base, 0
+        while (runs / run_id).exists():  # several runs of one process in a second: apply --verify's trials
+            n += 1
+            run_id = f"{base}-{n:03d}"
         folder = runs / run_id
         folder.mkdir()
         (folder / "staged").mkdir()
@@ -107,8 +111,8 @@ class Journal:
         runs = state_dir(root) / "runs"
         if not runs.is_dir():
             return None
-        folders = sorted(p for p in runs.iterdir() if (p / "journal.jsonl").is_file())
-        return cls(folders[-1]) if folders else None
+        journals = [cls(p) for p in runs.iterdir() if (p / "journal.jsonl").is_file()]
+        return max(journals, key=lambda j: (j.began(), j.run_id), default=None)
 
     def append(self, records: list[dict[str, Any]]) -> None:
         with self.path.open("a", encoding="utf-8") as fh:
@@ -116,6 +120,14 @@ class Journal:
                 fh.write(json.dumps(record, separators=(",", ":")) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+
+    def began(self) -> float:
+        """When the run began, from its first record (names alone do not order runs of several processes)."""
+        with self.path.open(encoding="utf-8") as fh:
+            try:
+                return float(json.loads(fh.readline()).get("time", 0.0))
+            except (json.JSONDecodeError, AttributeError):
+                return 0.0
 
     def records(self) -> list[dict[str, Any]]:
         out = []

@@ -19,6 +19,7 @@ from slimmer.walk import Entry, Kind, Tree, walk
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from slimmer.elf.strip import StripDecision
     from slimmer.rules import Rule, RuleSet
 
 
@@ -87,10 +88,30 @@ class Plan:
     bytes_before: int
     warnings: tuple[str, ...]
     seconds: float
+    strips: tuple[StripDecision, ...] = ()  # ELF files a strip rule selects: stripped or skipped, and why
 
     @property
     def bytes_removed(self) -> int:
         return sum(r.freed for r in self.removals)
+
+    @property
+    def strip_saving(self) -> int:
+        """Bytes that stripping is predicted to save."""
+        return sum(d.saving for d in self.strips)
+
+    def strips_by_distribution(self) -> dict[str, tuple[int, int]]:
+        """{distribution: (files to strip, predicted bytes saved)}, largest first."""
+        files: Counter[str] = Counter()
+        saved: Counter[str] = Counter()
+        for d in self.strips:
+            if d.saving:
+                files[d.dist] += 1
+                saved[d.dist] += d.saving
+        return {k: (files[k], saved[k]) for k in sorted(saved, key=lambda k: (-saved[k], k))}
+
+    def strip_skips(self) -> dict[str, int]:
+        """{reason: files} for the selected ELF files that are not stripped."""
+        return dict(Counter(d.skip.value for d in self.strips if d.skip is not None).most_common())
 
     @property
     def files_removed(self) -> int:
@@ -105,6 +126,10 @@ class Plan:
 
     def by_distribution(self) -> dict[str, tuple[int, int]]:
         return _tally((r.dist, r) for r in self.removals)
+
+    def breakages(self) -> dict[str, tuple[int, int]]:
+        """{what stops working (the deciding rules' @breaks): (files, bytes)}, largest first."""
+        return _tally((r.rule.breaks, r) for r in self.removals if r.rule.breaks and r.kind is not Kind.DIR)
 
     def largest(self, n: int = 10) -> list[Unit]:
         return sorted(self.units, key=lambda u: u.freed, reverse=True)[:n]
@@ -150,7 +175,10 @@ def _kept_by_negation(ctx: PlanContext, removing: dict[str, Rule], negated: dict
         inside_removed = any(a in removing for a in _ancestors(_parent(rel)))
         rel_by_base = {b: r for b, r in ctx.layout.relative(rel).items() if r}
         if inside_removed or removers.decide(rel_by_base) is not None:
-            kept.append(Kept(rel, entry.size, rule, f"kept by {rule.where} '{rule.pattern}'"))
+            reason = f"kept by {rule.where} '{rule.pattern}'"
+            if rule.breaks:  # a `!` line that says what its paths are for
+                reason += f" (without it: {rule.breaks})"
+            kept.append(Kept(rel, entry.size, rule, reason))
     return kept
 
 
@@ -160,6 +188,28 @@ def _ancestors(rel: str) -> list[str]:
         out.append(rel)
         rel = _parent(rel)
     return out
+
+
+def _plan_strips(ctx: PlanContext, removing: dict[str, Rule]) -> tuple[StripDecision, ...]:
+    """Decisions for the files that a strip rule selects and no removal takes (reads them with LIEF)."""
+    from slimmer.rules import Action
+
+    if not any(r.action is Action.STRIP for r in ctx.rules.rules):
+        return ()
+    strippers = ctx.rules.for_action(Action.STRIP)
+    selected: dict[str, str] = {}
+    for e in ctx.tree.entries:
+        if e.kind is not Kind.FILE or any(a in removing for a in _ancestors(e.rel)):
+            continue
+        rel_by_base = {b: r for b, r in ctx.layout.relative(e.rel).items() if r}
+        rule = strippers.decide(rel_by_base) if rel_by_base else None
+        if rule is not None and not rule.negated:
+            selected[e.rel] = rule.where
+    if not selected:
+        return ()
+    from slimmer.elf.strip import plan_strips
+
+    return tuple(plan_strips(ctx, selected))
 
 
 def make_plan(
@@ -253,6 +303,7 @@ def make_plan(
             f"{len(outside_links)} file(s) have hard links outside the root "
             f"(first: {outside_links[0]}): removing them frees no space"
         )
+    strips = _plan_strips(ctx, removing)
     return Plan(
         root=root,
         rule_names=rules.names,
@@ -264,4 +315,5 @@ def make_plan(
         bytes_before=tree.total_bytes,
         warnings=tuple(warnings),
         seconds=time.monotonic() - start,
+        strips=strips,
     )

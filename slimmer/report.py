@@ -59,6 +59,11 @@ def render_plan(plan: Plan, *, top: int = 10, verbose: bool = False) -> str:
             lines.append(f"  {k.rel}: {k.reason}")
         if len(plan.kept) > len(shown):
             lines.append(f"  ... {len(plan.kept) - len(shown)} more (--verbose lists all)")
+    lines += _strip_lines(plan, top)
+    breaks = plan.breakages()
+    if breaks:
+        lines.append("Stops working after this plan (@breaks of the rules that remove it):")
+        lines.extend(f"  {what} ({files} files, {size(nbytes)})" for what, (files, nbytes) in breaks.items())
     lines.extend(f"warning: {w}" for w in plan.warnings)
     after = plan.bytes_before - plan.bytes_removed
     lines.append(
@@ -67,6 +72,47 @@ def render_plan(plan: Plan, *, top: int = 10, verbose: bool = False) -> str:
         f"{size(after)} would remain. Planned in {plan.seconds:.2f} s."
     )
     return "\n".join(lines)
+
+
+def _strip_lines(plan: Plan, top: int) -> list[str]:
+    if not plan.strips:
+        return []
+    to_strip = sum(1 for d in plan.strips if d.saving)
+    lines = _table("Stripping, predicted, by distribution:", plan.strips_by_distribution(), top)
+    lines.append(f"Stripping: {to_strip} of {len(plan.strips)} selected ELF files, {size(plan.strip_saving)} predicted")
+    for reason, count in plan.strip_skips().items():
+        lines.append(f"  skipped {count:>5}: {reason}")
+    return lines
+
+
+def _strips_to_dict(plan: Plan) -> dict[str, Any]:
+    return {
+        "predicted_bytes": plan.strip_saving,
+        "by_distribution": [{"name": k, "files": f, "bytes": b} for k, (f, b) in plan.strips_by_distribution().items()],
+        "skipped_by_reason": plan.strip_skips(),
+        "files": [
+            {
+                "path": d.rel,
+                "dist": d.dist,
+                "verdict": d.verdict.value,
+                "reason": d.reason,
+                "bytes": d.saving,
+                "size": d.size,
+                "rule": d.rule,
+            }
+            for d in plan.strips
+        ],
+    }
+
+
+def stripped_by_distribution(plan: Plan, result: ApplyResult) -> dict[str, tuple[int, int]]:
+    """Measured after apply: {distribution: (files stripped, bytes saved)}."""
+    dist = {d.rel: d.dist for d in plan.strips}
+    out: dict[str, tuple[int, int]] = {}
+    for rel, old, new in result.rewritten.get("strip", []):
+        files, nbytes = out.get(dist.get(rel, "?"), (0, 0))
+        out[dist.get(rel, "?")] = (files + 1, nbytes + old - new)
+    return dict(sorted(out.items(), key=lambda kv: (-kv[1][1], kv[0])))
 
 
 def plan_to_dict(plan: Plan, *, top: int = 20) -> dict[str, Any]:
@@ -97,7 +143,9 @@ def plan_to_dict(plan: Plan, *, top: int = 20) -> dict[str, Any]:
             {"path": r.rel, "kind": r.kind.value, "bytes": r.freed, "rule": r.rule.where, "dist": r.dist}
             for r in plan.removals
         ],
+        "breaks": [{"what": k, "files": f, "bytes": b} for k, (f, b) in plan.breakages().items()],
         "warnings": list(plan.warnings),
+        "strip": _strips_to_dict(plan),
     }
 
 
@@ -105,6 +153,13 @@ def render_apply(plan: Plan, result: ApplyResult) -> str:
     lines = []
     for rel, why in result.failures:
         lines.append(f"could not remove {rel}: {why}")
+    stripped = result.rewritten.get("strip", [])
+    if stripped or plan.strips:
+        lines += _table("Stripped, measured, by distribution:", stripped_by_distribution(plan, result), 10)
+        measured = sum(old - new for _, old, new in stripped)
+        lines.append(f"Stripped {len(stripped)} files: {size(measured)} saved (predicted {size(plan.strip_saving)})")
+        for rel, why in result.skipped.get("strip", []):
+            lines.append(f"  not stripped {rel}: {why}")
     if result.undone:
         state = "undone: the tree is as it was"
     elif result.committed:
@@ -127,6 +182,8 @@ def apply_to_dict(plan: Plan, result: ApplyResult) -> dict[str, Any]:
         "staged": result.staged,
         "freed": result.freed,
         "failures": [{"path": p, "error": e} for p, e in result.failures],
+        "stripped": [{"path": r, "before": old, "after": new} for r, old, new in result.rewritten.get("strip", [])],
+        "strip_skipped": [{"path": r, "reason": why} for r, why in result.skipped.get("strip", [])],
         "committed": result.committed,
         "undone": result.undone,
         "seconds": round(plan.seconds + result.seconds, 3),

@@ -6,9 +6,16 @@ comments, so that the file stays a valid gitignore file:
     # @relative-to site-packages    patterns below match paths inside each site-packages folder
     # @relative-to prefix           patterns below match paths inside each environment prefix
     # @include bytecode             the rules of another file, in place (a built-in name or a path)
+    # @action strip                 patterns below select ELF files to strip, not to remove
+    # @action remove                patterns below select paths to remove (the default)
+    # @breaks torch.compile: the C++ headers it needs are removed
+                                    what stops working when the pattern lines below (up to the
+                                    next blank line) remove something; the plan reports it
 
 Every pattern must come after a `@relative-to` line. Order is global across included files: the
 last matching line decides, so `!pattern` keeps what an earlier line (of any file) removed.
+Like `@relative-to`, `@action` holds until the end of its file (an included file starts at
+`remove`). Remove and strip lines never decide for each other: a set decides for one action.
 
 This module parses and matches; it never touches the file system beyond reading rule files.
 """
@@ -33,6 +40,13 @@ RULE_SUFFIX = ".rules"
 _DIRECTIVE = re.compile(r"^#\s*@(?P<name>[a-z-]+)\s*(?P<arg>.*?)\s*$")
 
 
+class Action(enum.Enum):
+    """What a matching rule does to a path."""
+
+    REMOVE = "remove"
+    STRIP = "strip"
+
+
 class Base(enum.Enum):
     """What a pattern is relative to."""
 
@@ -48,6 +62,8 @@ class Rule:
     base: Base
     source: str
     line: int
+    action: Action = Action.REMOVE
+    breaks: str = ""  # what stops working when this line removes something (@breaks)
 
     @property
     def negated(self) -> bool:
@@ -127,6 +143,8 @@ def _parse_file(path: Path, stack: tuple[Path, ...]) -> list[Rule]:
     source = _display(path)
     rules: list[Rule] = []
     base: Base | None = None
+    action = Action.REMOVE
+    breaks = ""
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.rstrip("\n")
         where = f"{source}:{number}"
@@ -150,11 +168,25 @@ def _parse_file(path: Path, stack: tuple[Path, ...]) -> list[Rule]:
                     msg = f"{where}: {exc}"
                     raise RuleError(msg) from None
                 rules.extend(_parse_file(included, (*stack, real)))
+            elif name == "action":
+                try:
+                    action = Action(arg)
+                except ValueError:
+                    choices = ", ".join(a.value for a in Action)
+                    msg = f"{where}: unknown action '{arg}' for @action: use one of {choices}"
+                    raise RuleError(msg) from None
+            elif name == "breaks":
+                breaks = arg
             elif name != "description":
-                msg = f"{where}: unknown directive '@{name}': use @relative-to, @include or @description"
+                msg = (
+                    f"{where}: unknown directive '@{name}': "
+                    "use @relative-to, @action, @include, @breaks or @description"
+                )
                 raise RuleError(msg)
             continue
         stripped = line.strip()
+        if not stripped:
+            breaks = ""  # @breaks covers one paragraph of patterns
         if not stripped or stripped.startswith("#"):
             continue
         if base is None:
@@ -164,7 +196,7 @@ def _parse_file(path: Path, stack: tuple[Path, ...]) -> list[Rule]:
             )
             raise RuleError(msg)
         _check_pattern(stripped, where)
-        rules.append(Rule(pattern=stripped, base=base, source=source, line=number))
+        rules.append(Rule(pattern=stripped, base=base, source=source, line=number, action=action, breaks=breaks))
     return rules
 
 
@@ -182,10 +214,15 @@ class Decision:
 
 @dataclass(frozen=True)
 class RuleSet:
-    """An ordered, immutable list of rules. Methods that add rules return a new set."""
+    """An ordered, immutable list of rules. Methods that add rules return a new set.
+
+    `decide` and `explain` consider only the rules of `action` (remove, unless the set came
+    from `for_action`), so a strip line never removes a file and a remove line never strips one.
+    """
 
     rules: tuple[Rule, ...]
     names: tuple[str, ...] = ()
+    action: Action = Action.REMOVE
     _specs: dict[Base, tuple[pathspec.GitIgnoreSpec, tuple[int, ...]]] = field(
         default_factory=dict, compare=False, repr=False
     )
@@ -207,17 +244,21 @@ class RuleSet:
                 raise RuleError(msg)
             where = f"--keep:{number}"
             _check_pattern(clean, where)
-            extra.extend(Rule(f"!{clean}", base, "--keep", number) for base in Base)
-        return RuleSet(rules=self.rules + tuple(extra), names=self.names)
+            extra.extend(Rule(f"!{clean}", base, "--keep", number, action) for base in Base for action in Action)
+        return RuleSet(rules=self.rules + tuple(extra), names=self.names, action=self.action)
+
+    def for_action(self, action: Action) -> RuleSet:
+        """The same rules, deciding for `action`."""
+        return RuleSet(rules=self.rules, names=self.names, action=action)
 
     def removers(self) -> RuleSet:
         """The same set without its `!` lines."""
-        return RuleSet(rules=tuple(r for r in self.rules if not r.negated), names=self.names)
+        return RuleSet(rules=tuple(r for r in self.rules if not r.negated), names=self.names, action=self.action)
 
     def _compiled(self) -> dict[Base, tuple[pathspec.GitIgnoreSpec, tuple[int, ...]]]:
         if not self._specs:
             for base in Base:
-                indices = tuple(i for i, r in enumerate(self.rules) if r.base is base)
+                indices = tuple(i for i, r in enumerate(self.rules) if r.base is base and r.action is self.action)
                 spec = pathspec.GitIgnoreSpec.from_lines([self.rules[i].pattern for i in indices])
                 self._specs[base] = (spec, indices)
         return self._specs
@@ -237,7 +278,7 @@ class RuleSet:
         matched: list[int] = []
         for base, rel in rel_by_base.items():
             for i, rule in enumerate(self.rules):
-                if rule.base is not base:
+                if rule.base is not base or rule.action is not self.action:
                     continue
                 single = pathspec.GitIgnoreSpec.from_lines([rule.pattern.removeprefix("!")])
                 if single.match_file(rel):

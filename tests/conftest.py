@@ -3,8 +3,12 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +29,21 @@ def torch_copy(torch_env: Path, tmp_path: Path) -> Path:
     dest = tmp_path / "env"
     shutil.copytree(torch_env, dest, symlinks=True)
     return dest
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[object]:
+    """A docker client for the engine `make docker` starts, with its base image (SLIMMER_DOCKER_BASE)."""
+    base = os.environ.get("SLIMMER_DOCKER_BASE")
+    if not base:
+        pytest.skip("SLIMMER_DOCKER_BASE is not set: run the tests with 'make test' (or 'make docker' first)")
+    from slimmer.errors import SlimmerError
+    from slimmer.pipeline.engine import connect, require_image
+
+    try:
+        client = connect()
+        require_image(client, base, "test")
+    except SlimmerError as exc:
+        pytest.fail(f"{exc} (run 'make docker')")
+    yield client
+    client.close()

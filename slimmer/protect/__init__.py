@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from slimmer.protect.imports import ImportProtector
+from slimmer.protect.libraries import LibraryProtector
 from slimmer.protect.metadata import MetadataProtector
 
 if TYPE_CHECKING:
@@ -11,4 +13,6 @@ if TYPE_CHECKING:
 
 
 def default_protectors() -> tuple[Protector, ...]:
-    return (MetadataProtector(),)
+    """In order: metadata, then Python imports (may keep extension modules), then the libraries
+    that every kept ELF file needs (so those extension modules keep theirs)."""
+    return (MetadataProtector(), ImportProtector(), LibraryProtector())

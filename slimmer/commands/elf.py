@@ -1,0 +1,71 @@
+"""`slimmer elf PATH...`: what slimmer reads from each ELF file (and what stripping would save)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:
+    from slimmer.elf.analyze import ElfReport
+
+
+def _lines(report: ElfReport) -> list[str]:
+    from slimmer.report import size
+
+    if report.error:
+        return [f"{report.path}  {size(report.size)}  unreadable: {report.error}"]
+    state = "stripped" if report.stripped else f"not stripped, strip saves about {size(report.strip_saving)}"
+    lines = [f"{report.path}  {report.kind}  {size(report.size)}  {state}"]
+    if report.soname:
+        lines.append(f"  soname:   {report.soname}")
+    if report.needed:
+        lines.append(f"  needed:   {', '.join(report.needed)}")
+    if report.rpath:
+        lines.append(f"  rpath:    {':'.join(report.rpath)}")
+    if report.runpath:
+        lines.append(f"  runpath:  {':'.join(report.runpath)}")
+    if report.build_id:
+        lines.append(f"  build-id: {report.build_id}")
+    if report.debuglink:
+        lines.append(f"  debuglink: {report.debuglink}")
+    if report.patchelf_signs:
+        lines.append(f"  patchelf: {'; '.join(report.patchelf_signs)}")
+    if not report.load_aligned:
+        lines.append("  PT_LOAD:  NOT aligned: the loader refuses this file")
+    fb = report.fatbin
+    if fb is not None:
+        sass = " ".join(f"sm_{n}" for n in fb.sass) or "none"
+        ptx = " ".join(f"compute_{n}" for n in fb.ptx) or "none"
+        lines.append(f"  device code: SASS {sass}; PTX {ptx} ({fb.entries} entries, {size(fb.size)})")
+        if fb.error:
+            lines.append(f"  device code warning: {fb.error}")
+    return lines
+
+
+@click.command("elf")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help="Worker processes (default: one per core).")
+def elf_cmd(paths: tuple[str, ...], as_json: bool, jobs: int | None) -> None:
+    """Analyse the ELF files in PATHS (files or folders): symbols, dependencies, device code. Reads only."""
+    from slimmer.elf.analyze import analyse_many, describe, find_elf
+    from slimmer.report import size
+
+    start = time.monotonic()
+    reports = analyse_many(find_elf(paths), jobs=jobs)
+    seconds = time.monotonic() - start
+    if as_json:
+        click.echo(json.dumps({"files": [describe(r) for r in reports], "seconds": round(seconds, 3)}, indent=2))
+        return
+    for report in reports:
+        click.echo("\n".join(_lines(report)))
+    saving = sum(r.strip_saving for r in reports)
+    stripped = sum(1 for r in reports if r.stripped and not r.error)
+    cuda = sum(1 for r in reports if r.fatbin)
+    click.echo(
+        f"{len(reports)} ELF files, {size(sum(r.size for r in reports))}; {stripped} already stripped; "
+        f"{cuda} with device code; stripping would save about {size(saving)}. Took {seconds:.2f} s."
+    )

@@ -1,0 +1,291 @@
+"""Decide which ELF files to strip, and strip them safely (the `Stripper` rewriter).
+
+A file is stripped with binutils (`strip --strip-unneeded --preserve-dates -o TMP FILE`) into a temporary file
+beside it, and the result is read back with LIEF: same DT_NEEDED, SONAME, RPATH/RUNPATH,
+build-id and debuglink, every PT_LOAD still aligned the way the loader demands, device code
+byte-for-byte the same, and the file smaller. Only then does `slimmer.apply` stage the original
+(so `slimmer undo` restores it) and rename the new file into place with the original's mode.
+
+Never writes anything but the temporary files it is given (and, when planning, a scratch copy in
+the system's temp folder for files that patchelf rewrote).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from slimmer.elf.analyze import ElfReport, analyse, is_elf
+from slimmer.elf.pool import bounded_map, release_memory
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from pathlib import Path
+
+    from slimmer.apply import ApplyResult
+    from slimmer.plan import Plan, PlanContext
+    from slimmer.walk import Entry
+
+MIN_SAVING = 1024  # bytes: rewriting a library for less is not worth a new inode
+STRIP_TIMEOUT = 600
+
+
+class Verdict(enum.Enum):
+    STRIP = "strip"
+    SKIP = "skip"
+
+
+class Skip(enum.Enum):
+    """Why a file that a strip rule selects is left as it is."""
+
+    NOT_ELF = "not an ELF file"
+    DAMAGED = "damaged ELF"
+    ALREADY_STRIPPED = "already stripped"
+    SAVES_NOTHING = "stripping saves nothing"
+    PATCHELF_CHECK_FAILED = "rewritten by patchelf and the stripped copy fails the check"
+    CHECK_FAILED = "the stripped copy fails the check"
+    NOT_WRITABLE = "not writable"
+    LINKS_OUTSIDE = "hard links outside the root"
+    LINKS_INSIDE = "hard links inside the root"
+    NO_STRIP_TOOL = "strip (binutils) is not installed"
+
+
+@dataclass(frozen=True)
+class StripDecision:
+    """What the plan does with one ELF file that a strip rule selects."""
+
+    rel: str
+    dist: str
+    size: int
+    verdict: Verdict
+    saving: int  # predicted bytes saved; 0 when skipped
+    skip: Skip | None = None
+    detail: str = ""
+    rule: str = ""  # file:line of the strip rule
+    report: ElfReport | None = None
+
+    @property
+    def reason(self) -> str:
+        if self.skip is None:
+            return f"strip ({self.detail})" if self.detail else "strip"
+        return f"{self.skip.value}: {self.detail}" if self.detail else self.skip.value
+
+
+def strip_tool() -> str | None:
+    return shutil.which("strip")
+
+
+def run_strip(src: str, dest: str) -> str | None:
+    """Strip `src` into `dest`; None on success, else strip's message."""
+    tool = strip_tool()
+    if tool is None:
+        return Skip.NO_STRIP_TOOL.value
+    try:
+        proc = subprocess.run(
+            [tool, "--strip-unneeded", "--preserve-dates", "-o", dest, src],
+            capture_output=True,
+            text=True,
+            timeout=STRIP_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"strip failed: {exc}"
+    if proc.returncode != 0:
+        return f"strip failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}"
+    return None
+
+
+def check_stripped(before: ElfReport, after: ElfReport | None) -> str | None:
+    """Why the stripped file `after` may not replace `before`, or None if it may."""
+    if after is None or after.error:
+        return f"LIEF cannot read it: {after.error if after else 'not ELF'}"
+    problems = []
+    if after.needed != before.needed:
+        problems.append(f"DT_NEEDED changed {list(before.needed)} -> {list(after.needed)}")
+    if after.soname != before.soname:
+        problems.append(f"SONAME changed {before.soname} -> {after.soname}")
+    if (after.rpath, after.runpath) != (before.rpath, before.runpath):
+        problems.append("RPATH/RUNPATH changed")
+    if after.build_id != before.build_id:
+        problems.append("build-id changed")
+    if after.debuglink != before.debuglink:
+        problems.append(".gnu_debuglink changed")
+    if before.load_aligned and not after.load_aligned:
+        bad = next(s for s in after.loads if not s.aligned)
+        problems.append(
+            f"PT_LOAD at offset {bad.offset:#x} address {bad.vaddr:#x} is not aligned to {bad.align:#x}: "
+            "the loader would refuse it"
+        )
+    before_fb = before.fatbin.digest if before.fatbin else None
+    after_fb = after.fatbin.digest if after.fatbin else None
+    if before_fb != after_fb:
+        problems.append("device code (fatbin) bytes changed")
+    if after.size >= before.size:
+        problems.append(f"not smaller ({before.size} -> {after.size} bytes)")
+    return "; ".join(problems) or None
+
+
+@dataclass(frozen=True)
+class _Job:
+    path: str
+    size: int
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    report: ElfReport | None
+    trial_error: str | None = None
+    trial_size: int = 0
+
+
+def _analyse_job(job: _Job) -> _Outcome:
+    """Analyse one file; one that patchelf rewrote is also stripped into a scratch file outside
+    the root and checked like the real strip, so the plan knows whether stripping it is safe."""
+    report = analyse(job.path)
+    if report is None or report.error or report.stripped or not report.patchelf_signs:
+        return _Outcome(report)
+    if report.strip_saving < MIN_SAVING:
+        return _Outcome(report)
+    release_memory()  # the parsed original is gone; strip needs about the file size again
+    scratch = tempfile.mkdtemp(prefix="slimmer-strip-")
+    try:
+        dest = os.path.join(scratch, "stripped")
+        failure = run_strip(job.path, dest)
+        if failure:
+            return _Outcome(report, failure)
+        after = analyse(dest)
+        return _Outcome(report, check_stripped(report, after), after.size if after else 0)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _writable(path: str, mode: int) -> bool:
+    if not mode & stat.S_IWUSR:
+        return False
+    return os.access(os.path.dirname(path) or ".", os.W_OK | os.X_OK)
+
+
+def decide(
+    entry: Entry,
+    outcome: _Outcome,
+    *,
+    links_inside: int,
+    dist: str,
+    rule: str,
+) -> StripDecision:
+    """The verdict for one file from its walk entry and analysis."""
+    report = outcome.report
+
+    def skip(why: Skip, detail: str = "") -> StripDecision:
+        return StripDecision(entry.rel, dist, entry.size, Verdict.SKIP, 0, why, detail, rule, report)
+
+    if report is None:
+        return skip(Skip.NOT_ELF)
+    if report.error:
+        return skip(Skip.DAMAGED, report.error)
+    if report.stripped:
+        return skip(Skip.ALREADY_STRIPPED)
+    if report.strip_saving < MIN_SAVING:
+        return skip(Skip.SAVES_NOTHING, f"{report.strip_saving} bytes of symbols")
+    if entry.nlink > 1 and links_inside < entry.nlink:
+        return skip(Skip.LINKS_OUTSIDE, f"{entry.nlink - links_inside} of {entry.nlink} links")
+    if entry.nlink > 1:
+        # A strip makes a new inode: the other links would keep the old bytes and the disk would
+        # hold both versions.
+        return skip(Skip.LINKS_INSIDE, f"{entry.nlink} links: stripping one would store a second copy")
+    if not _writable(report.path, entry.mode):
+        return skip(Skip.NOT_WRITABLE, f"mode {stat.filemode(entry.mode)}")
+    if report.patchelf_signs and outcome.trial_error:
+        return skip(Skip.PATCHELF_CHECK_FAILED, outcome.trial_error)
+    if outcome.trial_error:
+        return skip(Skip.CHECK_FAILED, outcome.trial_error)
+    saving = entry.size - outcome.trial_size if outcome.trial_size else report.strip_saving
+    detail = "patchelf-rewritten, trial strip checked" if report.patchelf_signs else ""
+    return StripDecision(entry.rel, dist, entry.size, Verdict.STRIP, saving, None, detail, rule, report)
+
+
+def plan_strips(ctx: PlanContext, selected: dict[str, str]) -> list[StripDecision]:
+    """Decisions for the files `selected` ({rel: strip rule file:line}); reads only."""
+    root = os.fspath(ctx.tree.root)
+    links = ctx.tree.links_inside()
+    jobs = []
+    for rel in selected:
+        entry = ctx.by_rel[rel]
+        path = os.path.join(root, rel)
+        if not is_elf(path):
+            continue
+        jobs.append(_Job(path, entry.size))
+    outcomes: dict[str, _Outcome] = {}
+    for job, outcome in bounded_map(_analyse_job, jobs, cost=lambda j: j.size):
+        outcomes[os.path.relpath(job.path, root)] = outcome
+    decisions = []
+    for rel, rule in selected.items():
+        entry = ctx.by_rel[rel]
+        outcome = outcomes.get(rel, _Outcome(None))
+        key = (entry.dev, entry.ino)
+        decisions.append(decide(entry, outcome, links_inside=links.get(key, 1), dist=ctx.owners.label(rel), rule=rule))
+    return sorted(decisions, key=lambda d: d.rel)
+
+
+@dataclass(frozen=True)
+class _StripJob:
+    src: str
+    tmp: str
+    size: int
+    before: ElfReport
+
+
+def _strip_job(job: _StripJob) -> tuple[str | None, int]:
+    """Strip `src` into `tmp` and check it: (why not, new size); deletes `tmp` when it fails."""
+    try:
+        st = os.lstat(job.src)
+    except OSError as exc:
+        return f"cannot read: {exc.strerror}", 0
+    if not stat.S_ISREG(st.st_mode) or st.st_size != job.size:
+        return "changed since the plan", 0
+    why = run_strip(job.src, job.tmp)
+    if why is None:
+        after = analyse(job.tmp)
+        why = check_stripped(job.before, after)
+        if why is None and after is not None:
+            if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
+                os.chown(job.tmp, st.st_uid, st.st_gid)  # keep the owner; apply restores the mode after
+            return None, after.size
+    with contextlib.suppress(OSError):
+        os.unlink(job.tmp)
+    return why, 0
+
+
+class Stripper:
+    """The `Rewriter` that strips the files the plan says to strip, in parallel, memory-bounded."""
+
+    name = "strip"
+
+    def __init__(self, *, jobs: int | None = None) -> None:
+        self.jobs = jobs
+
+    def rewrite(self, plan: Plan, result: ApplyResult, tmp_for: Callable[[str], Path]) -> Iterable[str]:
+        skipped = result.skipped.setdefault(self.name, [])
+        root = os.path.realpath(plan.root)
+        work = []
+        for d in plan.strips:
+            if d.verdict is not Verdict.STRIP or d.report is None:
+                continue
+            src = os.path.join(plan.root, d.rel)
+            if not os.path.realpath(src).startswith(root + os.sep):
+                skipped.append((d.rel, "no longer a file under the root"))
+                continue
+            work.append(_StripJob(src, os.fspath(tmp_for(d.rel)), d.size, d.report))
+        rel_of = {job.src: os.path.relpath(job.src, plan.root) for job in work}
+        for job, (why, _size) in bounded_map(_strip_job, work, cost=lambda j: j.size, jobs=self.jobs):
+            if why is None:
+                yield rel_of[job.src]
+            else:
+                skipped.append((rel_of[job.src], why))

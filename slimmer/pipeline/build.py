@@ -1,0 +1,439 @@
+"""`build-and-slim`: devel container -> extensions (wheel first, source fallback) -> slim -> runtime image -> verify.
+
+Drives the engine through `slimmer.pipeline.engine`; returns a `PipelineResult` and prints nothing
+itself (the CLI renders it). Base images are never pulled; the devel and runtime bases with Python
+are built once and cached by the hash of their inputs.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from slimmer.pipeline.engine import (
+    Container,
+    Mount,
+    StepLog,
+    build_image,
+    connect,
+    engine_resources,
+    has_gpus,
+    image_id,
+    image_size,
+    max_jobs_for,
+    require_image,
+    run_once,
+)
+from slimmer.pipeline.errors import BuildError, ExtensionUnavailableError
+
+if TYPE_CHECKING:
+    from slimmer.pipeline.config import Extension, PipelineConfig
+
+WHEELHOUSE = "/wheelhouse"
+TOOL_ENV = "/opt/slimmer-tool"
+HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+class Method(enum.Enum):
+    WHEELHOUSE = "wheelhouse hit"
+    WHEEL = "wheel"
+    SOURCE = "source build"
+
+
+@dataclass(frozen=True)
+class ExtensionResult:
+    name: str
+    method: Method
+    seconds: float
+    wheel: str  # the wheel file installed (or built)
+    tried: tuple[str, ...]  # the sources tried before it
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    command: str  # what ran inside the final image
+    ok: bool
+    output: str
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    tag: str
+    extensions: tuple[ExtensionResult, ...]
+    sizes: dict[str, int]  # devel, runtime_unslimmed, runtime
+    slim_command: str
+    slim_output: tuple[str, ...]  # the last lines `slimmer apply` printed in the devel container
+    verify: VerifyResult
+    seconds: float
+    log: Path
+    max_jobs: int
+    cached: dict[str, bool] = field(default_factory=dict)  # devel/runtime bases reused from an earlier run
+
+
+def _key(*parts: object) -> str:
+    return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:12]
+
+
+def _pip_flags(cfg: PipelineConfig) -> str:
+    return f"--disable-pip-version-check --timeout {cfg.pip_timeout:g} --retries 0"
+
+
+def _local_dirs(values: tuple[str, ...]) -> list[str]:
+    return [v for v in values if "://" not in v and Path(v).expanduser().is_dir()]
+
+
+def _find_links_args(cfg: PipelineConfig, sources: tuple[str, ...], local: dict[str, str]) -> str:
+    args = []
+    for src in sources:
+        target = local.get(src, src)
+        args.append(
+            f"--extra-index-url {shlex.quote(target)}"
+            if src in cfg.index_urls
+            else f"--find-links {shlex.quote(target)}"
+        )
+    return " ".join(args)
+
+
+def _torch_wheels(cfg: PipelineConfig) -> list[str]:
+    names = []
+    for d in [cfg.wheelhouse, *(Path(p) for p in _local_dirs(cfg.find_links))]:
+        if d.is_dir():
+            names += sorted(f"{p.name}:{p.stat().st_size}" for p in d.glob("torch-*.whl"))
+    return names
+
+
+def build_slimmer_wheel(dest: Path) -> Path:
+    """`pip wheel --no-deps` of this source tree: how slimmer gets into the devel container."""
+    tree = Path(__file__).resolve().parents[2]
+    if not (tree / "pyproject.toml").is_file():
+        raise BuildError(f"slimmer is not installed from a source tree ({tree}); cannot build its wheel")
+    dest.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dest), str(tree)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    wheels = sorted(dest.glob("torch_slimmer-*.whl"))
+    if proc.returncode or not wheels:
+        last = " | ".join(proc.stderr.strip().splitlines()[-3:])
+        raise BuildError(f"building slimmer's wheel failed: {last}")
+    return wheels[-1]
+
+
+def run_pipeline(cfg: PipelineConfig, *, stream: Any = None, log_path: Path | None = None) -> PipelineResult:
+    client = connect()
+    try:
+        return _run(client, cfg, stream=stream, log_path=log_path)
+    finally:
+        client.close()
+
+
+def _run(client: Any, cfg: PipelineConfig, *, stream: Any, log_path: Path | None) -> PipelineResult:
+    start = time.monotonic()
+    devel_base = require_image(client, cfg.devel_image, "devel")
+    runtime_base = require_image(client, cfg.runtime_image, "runtime")
+    cpus, mem = engine_resources(client)
+    jobs = cfg.max_jobs or max_jobs_for(cpus, mem)
+    gpus = cfg.gpus == "all" or (cfg.gpus == "auto" and has_gpus(client))
+    log_path = log_path or cfg.log_dir / f"build-and-slim-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    log = StepLog(log_path, stream)
+    for d in (cfg.wheelhouse, cfg.ccache_dir, cfg.ccache_dir.parent / "pip-cache"):
+        d.mkdir(parents=True, exist_ok=True)
+
+    cert = cfg.pip_cert or os.environ.get("PIP_CERT") or (str(HOST_CA) if HOST_CA.is_file() else "")
+    mounts = [
+        Mount(str(cfg.wheelhouse), WHEELHOUSE),
+        Mount(str(cfg.ccache_dir), "/ccache"),
+        Mount(str(cfg.ccache_dir.parent / "pip-cache"), "/root/.cache/pip"),
+    ]
+    env = {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "DEBIAN_FRONTEND": "noninteractive"}
+    if cert:
+        mounts.append(Mount(cert, "/etc/slimmer-ca.pem", read_only=True))
+        env["PIP_CERT"] = env["SSL_CERT_FILE"] = "/etc/slimmer-ca.pem"
+    local_links: dict[str, str] = {}
+    for i, d in enumerate(_local_dirs(cfg.find_links)):
+        local_links[d] = f"/find-links/{i}"
+        mounts.append(Mount(str(Path(d).expanduser().resolve()), f"/find-links/{i}", read_only=True))
+    for ext in cfg.extensions:
+        if ext.local:
+            mounts.append(Mount(ext.source, f"/src-ro/{ext.name}", read_only=True))
+    cached: dict[str, bool] = {}
+    try:
+        devel = _devel_image(client, cfg, devel_base, log, mounts, env, local_links, cached)
+        runtime_base_tag = _runtime_base(client, cfg, runtime_base, log, env, cached)
+        with tempfile.TemporaryDirectory(prefix="slimmer-wheel-") as tmp:
+            log.step("building slimmer's wheel (pip wheel --no-deps)")
+            wheel = build_slimmer_wheel(Path(tmp))
+            tool_mounts = [*mounts, Mount(str(wheel.parent), "/slimmer-dist", read_only=True)]
+            with Container(client, devel, log, mounts=tool_mounts, environment=env) as box:
+                results = tuple(_provide(box, cfg, ext, jobs, local_links) for ext in cfg.extensions)
+                box.call(
+                    f"{cfg.python} -m venv {TOOL_ENV} && {TOOL_ENV}/bin/pip install -q "
+                    f"{_pip_flags(cfg)} /slimmer-dist/{shlex.quote(wheel.name)}",
+                    label="installing slimmer into the devel container",
+                )
+                repo = cfg.tag.rsplit(":", 1)[0] if ":" in cfg.tag.split("/")[-1] else cfg.tag
+                built = f"{repo}:build-unslimmed"
+                box.commit(built)
+                slim_cmd = _slim_command(box, cfg)
+                box.call(slim_cmd, label=f"slimming {cfg.env_path}: {slim_cmd}")
+                slim_output = tuple(line for line in log.tail if line.strip())
+                slimmed = f"{repo}:build-slimmed"
+                box.commit(slimmed)
+        unslimmed_tag = f"{repo}:unslimmed"
+        build_image(
+            client,
+            _runtime_dockerfile(cfg, runtime_base_tag, built),
+            unslimmed_tag,
+            log,
+            label=f"runtime image before slimming ({unslimmed_tag})",
+        )
+        build_image(
+            client,
+            _runtime_dockerfile(cfg, runtime_base_tag, slimmed),
+            cfg.tag,
+            log,
+            label=f"runtime image ({cfg.tag})",
+        )
+        verify = _verify(client, cfg, slimmed, log, gpus=gpus)
+    finally:
+        log.close()
+    sizes = {
+        "devel": image_size(client, built),
+        "runtime_unslimmed": image_size(client, unslimmed_tag),
+        "runtime": image_size(client, cfg.tag),
+    }
+    if not verify.ok:
+        raise BuildError(
+            f"verify failed inside {cfg.tag}: {verify.output.strip().splitlines()[-1:]} (full log: {log_path})"
+        )
+    return PipelineResult(
+        tag=cfg.tag,
+        extensions=results,
+        sizes=sizes,
+        slim_command=slim_cmd,
+        slim_output=slim_output,
+        verify=verify,
+        seconds=time.monotonic() - start,
+        log=log_path,
+        max_jobs=jobs,
+        cached=cached,
+    )
+
+
+def _devel_image(
+    client: Any,
+    cfg: PipelineConfig,
+    base_id: str,
+    log: StepLog,
+    mounts: list[Mount],
+    env: dict[str, str],
+    local_links: dict[str, str],
+    cached: dict[str, bool],
+) -> str:
+    """Devel base + Python, a venv at env_path and torch; cached as slimmer-devel:<hash of its inputs>."""
+    key = _key(
+        base_id,
+        cfg.devel_packages,
+        cfg.python,
+        cfg.env_path,
+        cfg.torch_requirement,
+        cfg.torch_index,
+        cfg.find_links,
+        _torch_wheels(cfg),
+    )
+    tag = f"slimmer-devel:{key}"
+    cached["devel"] = image_id(client, tag) is not None
+    if cached["devel"]:
+        log.step(f"devel image {tag} (cached)")
+        return tag
+    sources = f"--find-links {WHEELHOUSE} " + _find_links_args(
+        cfg, tuple(local_links) + tuple(s for s in cfg.find_links if s not in local_links), local_links
+    )
+    if cfg.torch_index:
+        sources += f" --index-url {shlex.quote(cfg.torch_index)} --extra-index-url https://pypi.org/simple"
+    packages = " ".join(cfg.devel_packages)
+    with Container(client, cfg.devel_image, log, mounts=mounts, environment=env) as box:
+        box.call(
+            f"apt-get update -qq && apt-get install -y -qq --no-install-recommends {packages} "
+            "&& rm -rf /var/lib/apt/lists/*",
+            label=f"devel image: apt-get install {packages}",
+        )
+        box.call(
+            f"{cfg.python} -m venv {cfg.env_path} && {cfg.env_path}/bin/pip install {_pip_flags(cfg)} "
+            f"{sources} {shlex.quote(cfg.torch_requirement)} setuptools wheel",
+            label=f"devel image: {cfg.torch_requirement} into {cfg.env_path}",
+        )
+        box.commit(
+            tag, changes=[f"ENV PATH={cfg.env_path}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+        )
+    return tag
+
+
+def _runtime_base(
+    client: Any, cfg: PipelineConfig, base_id: str, log: StepLog, env: dict[str, str], cached: dict[str, bool]
+) -> str:
+    """Runtime base + the interpreter only (no compilers); cached as slimmer-runtime-base:<hash>."""
+    tag = f"slimmer-runtime-base:{_key(base_id, cfg.runtime_packages)}"
+    cached["runtime_base"] = image_id(client, tag) is not None
+    if cached["runtime_base"]:
+        return tag
+    packages = " ".join(cfg.runtime_packages)
+    with Container(client, cfg.runtime_image, log, environment=env) as box:
+        box.call(
+            f"apt-get update -qq && apt-get install -y -qq --no-install-recommends {packages} "
+            "&& apt-get clean && rm -rf /var/lib/apt/lists/*",
+            label=f"runtime base: apt-get install {packages}",
+        )
+        box.commit(tag)
+    return tag
+
+
+def _provide(
+    box: Container, cfg: PipelineConfig, ext: Extension, jobs: int, local_links: dict[str, str]
+) -> ExtensionResult:
+    """Wheelhouse, then a prebuilt wheel from the configured sources, then a source build saved as a wheel."""
+    start = time.monotonic()
+    pip = f"{cfg.env_path}/bin/pip"
+    flags = _pip_flags(cfg)
+    name = shlex.quote(ext.name)
+    tried = ["wheelhouse"]
+    wheel_of = f"ls {WHEELHOUSE} | grep -i '^{ext.name.replace('_', '[-_]')}-' | sort | tail -n 1"
+    # 1. The wheelhouse: earlier source builds and wheels put there by hand.
+    code = box.call(
+        f"{pip} install -q {flags} --no-index --no-deps --only-binary :all: --find-links {WHEELHOUSE} {name}",
+        label=f"{ext.name}: looking in the wheelhouse",
+        check=False,
+    )
+    if code == 0:
+        box.call(f"{pip} install -q {flags} --find-links {WHEELHOUSE} {name}", label=f"{ext.name}: dependencies")
+        return ExtensionResult(ext.name, Method.WHEELHOUSE, time.monotonic() - start, _first_line(box, wheel_of), ())
+    # 2. A prebuilt wheel from the find-links / index URLs (and PyPI), per library.
+    if not ext.local:
+        sources = cfg.wheel_sources(ext)
+        tried.append(", ".join(sources) if sources else "the default index")
+        code = box.call(
+            f"{pip} install -q {flags} --only-binary {name} --find-links {WHEELHOUSE} "
+            f"{_find_links_args(cfg, sources, local_links)} {shlex.quote(ext.source)}",
+            label=f"{ext.name}: looking for a prebuilt wheel",
+            check=False,
+        )
+        if code == 0:
+            return ExtensionResult(ext.name, Method.WHEEL, time.monotonic() - start, ext.name, tuple(tried))
+    # 3. A source build: ninja, no build isolation (torch is already there), ccache, MAX_JOBS by memory.
+    source = f"/tmp/src/{ext.name}" if ext.local else shlex.quote(ext.source)
+    copy = (
+        f"rm -rf /tmp/src/{ext.name} && mkdir -p /tmp/src && cp -a /src-ro/{ext.name} /tmp/src/ && "
+        if ext.local
+        else ""
+    )
+    tried.append(f"source ({ext.source})")
+    build_env = {
+        "MAX_JOBS": str(jobs),
+        "CCACHE_DIR": "/ccache",
+        "CMAKE_GENERATOR": "Ninja",
+        "PATH": f"/usr/lib/ccache:{cfg.env_path}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    }
+    if cfg.torch_cuda_arch_list:
+        build_env["TORCH_CUDA_ARCH_LIST"] = cfg.torch_cuda_arch_list
+    remote = "" if ext.local else f"--no-binary {name} {_find_links_args(cfg, cfg.wheel_sources(ext), local_links)}"
+    code = box.call(
+        f"{copy}rm -rf /tmp/built && {pip} wheel {flags} --no-deps --no-build-isolation {remote} -w /tmp/built {source}"
+        # Write beside, then rename: a killed run never leaves half a wheel in the wheelhouse.
+        f' && for w in /tmp/built/*.whl; do cp "$w" {WHEELHOUSE}/.partial-$$ && '
+        f'mv {WHEELHOUSE}/.partial-$$ {WHEELHOUSE}/$(basename "$w"); done'
+        f" && {pip} install -q {flags} --find-links {WHEELHOUSE} {name}",
+        label=f"{ext.name}: source build (MAX_JOBS={jobs}, ninja, ccache)",
+        env=build_env,
+        check=False,
+    )
+    if code:
+        last = " | ".join(line.strip() for line in list(box.log.tail)[-3:] if line.strip())
+        raise ExtensionUnavailableError(
+            f"{ext.name}: no wheel and no source build; tried {'; '.join(tried)}: {last} (full log: {box.log.path})"
+        )
+    return ExtensionResult(ext.name, Method.SOURCE, time.monotonic() - start, _first_line(box, wheel_of), tuple(tried))
+
+
+def _first_line(box: Container, script: str) -> str:
+    exec_id = box.client.api.exec_create(box.container.id, ["bash", "-c", script])["Id"]
+    out = box.client.api.exec_start(exec_id).decode("utf-8", errors="replace").strip()
+    return out.splitlines()[-1] if out else ""
+
+
+def _tool_supports(box: Container, args: str, flag: str) -> bool:
+    """Whether the slimmer in the container has FLAG (`verify`, `--verify`): the verify work lands separately."""
+    code = box.call(
+        f"{TOOL_ENV}/bin/slimmer {args} --help | grep -q -- {shlex.quote(flag)}",
+        label=f"checking for `slimmer {args.strip()} {flag}`",
+        check=False,
+    )
+    return code == 0
+
+
+def _slim_command(box: Container, cfg: PipelineConfig) -> str:
+    rules = " ".join(f"--rules {shlex.quote(r)}" for r in cfg.rules)
+    verify = ""
+    if _tool_supports(box, "apply", "--verify"):
+        verify = " --verify" + cfg.check_args() + ("" if cfg.compile_check else " --no-compile-check")
+        if cfg.profile and _tool_supports(box, "apply", "--profile"):
+            verify += f" --profile {shlex.quote(cfg.profile)}"
+    return f"{TOOL_ENV}/bin/slimmer apply {rules}{verify} {cfg.env_path}"
+
+
+def _runtime_dockerfile(cfg: PipelineConfig, base: str, source_image: str) -> str:
+    return (
+        f"FROM {base}\n"
+        f"COPY --from={source_image} {cfg.env_path} {cfg.env_path}\n"
+        f"ENV PATH={cfg.env_path}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+    )
+
+
+def _verify(client: Any, cfg: PipelineConfig, slimmed: str, log: StepLog, *, gpus: bool) -> VerifyResult:
+    """`slimmer verify` (a smoke check with an older slimmer) in a container of the final image."""
+    probe = f"{cfg.tag}-verify" if ":" in cfg.tag.split("/")[-1] else f"{cfg.tag}:verify"
+    # The final image carries only the environment: slimmer rides along in a throwaway layer on top.
+    build_image(
+        client,
+        f"FROM {cfg.tag}\nCOPY --from={slimmed} {TOOL_ENV} {TOOL_ENV}\n",
+        probe,
+        log,
+        label=f"verify image ({probe}, not shipped)",
+    )
+    try:
+        code, helptext = run_once(client, probe, [f"{TOOL_ENV}/bin/slimmer", "verify", "--help"])
+        py = f"{cfg.env_path}/bin/python"
+        if code == 0:
+            flags = ""
+            if "--profile" in helptext and cfg.profile:
+                flags += f" --profile {shlex.quote(cfg.profile)}"
+            # The runtime image has no C++ compiler by design, and torch.compile's inductor needs one.
+            _, compilers = run_once(client, probe, ["sh", "-c", "command -v c++ g++ cc || true"])
+            if not compilers.strip() and "--no-compile-check" in helptext:
+                flags += " --no-compile-check"
+            command = f"{TOOL_ENV}/bin/slimmer verify{flags}{cfg.check_args()} {cfg.env_path}"
+        else:
+            smoke = "import torch; x = torch.arange(6.0); assert torch.equal(x + x, 2 * x); print('ok   smoke')"
+            command = f"{py} -c {shlex.quote(smoke)}"
+            for i, (kind, text) in enumerate(cfg.checks):
+                run = f"{py} -c {shlex.quote(text)}" if kind == "python" else text
+                command += f" && {run} && echo 'ok   check {i + 1}'"
+        log.step(f"verify inside {cfg.tag}: {command}")
+        code, output = run_once(client, probe, ["bash", "-c", command], gpus=gpus)
+        for line in output.splitlines():
+            log.line(line)
+        log.end_step()
+    finally:
+        client.images.remove(probe, force=True)
+    return VerifyResult(command=command, ok=code == 0, output=output)

@@ -1,0 +1,272 @@
+"""The pipeline configuration: `[tool.slimmer]` in pyproject.toml or a `slimmer.toml`, overridden by CLI options.
+
+Reads and validates; never touches the engine. Every key is also a CLI option of `build-and-slim`
+and `dockerfile` (dashes and underscores are the same).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slimmer.errors import UsageError
+
+PYG_NAMES = frozenset({"torch_scatter", "torch_sparse", "torch_cluster", "torch_spline_conv", "pyg_lib"})
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("SLIMMER_CACHE") or Path.home() / ".cache" / "slimmer")
+
+
+@dataclass(frozen=True)
+class Extension:
+    """One thing to provide in the environment: a pip requirement or a local source folder."""
+
+    name: str  # the distribution name, normalised with underscores
+    source: str  # the requirement string, or the local folder (absolute)
+    local: bool = False
+
+    @classmethod
+    def parse(cls, spec: str, base: Path) -> Extension:
+        path = (base / spec).resolve() if not Path(spec).is_absolute() else Path(spec)
+        if spec.startswith((".", "/", "~")) or (path.is_dir() and os.sep in spec):
+            path = path.expanduser()
+            if not path.is_dir():
+                raise UsageError(f"extension {spec!r}: {path} is not a folder")
+            return cls(name=_local_name(path), source=str(path), local=True)
+        match = re.match(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)", spec)
+        if not match:
+            raise UsageError(f"extension {spec!r} is not a pip requirement or a folder")
+        return cls(name=normalise(match.group(1)), source=spec.strip())
+
+
+def normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def _local_name(path: Path) -> str:
+    """The project name from pyproject.toml or setup.py, else the folder name."""
+    pyproject = path / "pyproject.toml"
+    if pyproject.is_file():
+        name = _load_toml(pyproject).get("project", {}).get("name")
+        if isinstance(name, str):
+            return normalise(name)
+    setup = path / "setup.py"
+    if setup.is_file():
+        match = re.search(r"""\bname\s*=\s*["']([^"']+)["']""", setup.read_text(encoding="utf-8", errors="replace"))
+        if match:
+            return normalise(match.group(1))
+    return normalise(path.name)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything `build-and-slim` and `dockerfile` need; see `slimmer build-and-slim --help`."""
+
+    devel_image: str = "slimmer-base:bookworm"
+    runtime_image: str = "slimmer-base:bookworm"
+    tag: str = "slimmer-runtime:latest"
+    env_path: str = "/opt/venv"
+    python: str = "python3"
+    devel_packages: tuple[str, ...] = ("python3", "python3-venv", "python3-dev", "g++", "ccache", "ninja-build")
+    runtime_packages: tuple[str, ...] = ("python3",)
+    torch_version: str = ""
+    torch_index: str = ""
+    cuda: str = "cpu"
+    extensions: tuple[Extension, ...] = ()
+    find_links: tuple[str, ...] = ()
+    index_urls: tuple[str, ...] = ()
+    wheelhouse: Path = field(default_factory=lambda: default_cache() / "wheelhouse")
+    torch_cuda_arch_list: str = ""
+    max_jobs: int = 0  # 0: from the engine's memory, 3 GiB per job
+    rules: tuple[str, ...] = ("default",)
+    profile: str = ""
+    checks: tuple[tuple[str, str], ...] = ()  # ("python", snippet) or ("command", shell command)
+    gpus: str = "auto"  # auto | all | none
+    compile_check: bool = True  # torch.compile in the devel stage's verify (the runtime image has no compiler)
+    pip_timeout: float = 15.0
+    pip_cert: str = ""  # a CA bundle on the host, mounted for pip inside the containers
+    ccache_dir: Path = field(default_factory=lambda: default_cache() / "ccache")
+    log_dir: Path = field(default_factory=lambda: default_cache() / "logs")
+
+    @property
+    def torch_requirement(self) -> str:
+        return f"torch=={self.torch_version}" if self.torch_version else "torch"
+
+    def check_args(self) -> str:
+        """The checks as `slimmer verify` / `slimmer apply --verify` options."""
+        return "".join(
+            f" --check {shlex.quote(text)}" if kind == "python" else f" --check-cmd {shlex.quote(text)}"
+            for kind, text in self.checks
+        )
+
+    def wheel_sources(self, ext: Extension) -> tuple[str, ...]:
+        """Remote places to look for a prebuilt wheel of EXT, in order (the wheelhouse is tried first)."""
+        sources = list(self.find_links)
+        if ext.name in PYG_NAMES and self.torch_version:
+            sources.append(f"https://data.pyg.org/whl/torch-{self.torch_version}+{self.cuda}.html")
+        return (*sources, *self.index_urls)
+
+
+_LISTS = {
+    "devel_packages",
+    "runtime_packages",
+    "extensions",
+    "find_links",
+    "index_urls",
+    "rules",
+}
+_PATHS = {"wheelhouse", "ccache_dir", "log_dir"}
+KEYS = tuple(f.name for f in dataclasses.fields(PipelineConfig))
+
+
+def _load_toml(path: Path) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python < 3.11
+        try:
+            import tomli as tomllib
+        except ImportError as exc:
+            raise UsageError(f"reading {path} needs Python 3.11 or the 'tomli' package") from exc
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"{path}: {exc}") from exc
+
+
+def find_config_file(start: Path) -> Path | None:
+    """slimmer.toml, else a pyproject.toml with [tool.slimmer], in START."""
+    for name in ("slimmer.toml", "pyproject.toml"):
+        candidate = start / name
+        if candidate.is_file():
+            data = _load_toml(candidate)
+            if name == "slimmer.toml" or "slimmer" in data.get("tool", {}):
+                return candidate
+    return None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    data = _load_toml(path)
+    if path.name == "pyproject.toml":
+        data = data.get("tool", {}).get("slimmer", {})
+    elif "tool" in data and "slimmer" in data["tool"]:
+        data = data["tool"]["slimmer"]
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: [tool.slimmer] must be a table")
+    return data
+
+
+def make_config(values: dict[str, Any], *, base: Path, origin: str = "option") -> PipelineConfig:
+    """Validate raw VALUES (from a file or the command line) into a PipelineConfig."""
+    kwargs: dict[str, Any] = {}
+    for raw_key, value in values.items():
+        key = raw_key.replace("-", "_")
+        if key not in KEYS:
+            raise UsageError(f"{origin}: unknown key {raw_key!r} (known: {', '.join(KEYS)})")
+        kwargs[key] = _coerce(key, value, base=base, origin=origin)
+    return PipelineConfig(**kwargs)
+
+
+def load_config(
+    config_file: Path | None, overrides: dict[str, Any], *, cwd: Path
+) -> tuple[PipelineConfig, Path | None]:
+    """The file's values (CONFIG_FILE, or the one found in CWD) overridden by OVERRIDES (None = not given)."""
+    path = config_file or find_config_file(cwd)
+    merged: dict[str, Any] = {}
+    if path is not None:
+        if not path.is_file():
+            raise UsageError(f"config file {path} does not exist")
+        file_values = read_config_file(path)
+        make_config(file_values, base=path.parent, origin=str(path))  # report bad keys with the file's name
+        merged.update({k.replace("-", "_"): v for k, v in file_values.items()})
+    base = path.parent if path is not None else cwd
+    given = {k: v for k, v in overrides.items() if v is not None and v != ()}
+    file_cfg = make_config(merged, base=base, origin=str(path) if path else "config")
+    if not given:
+        return file_cfg, path
+    override_cfg = make_config(given, base=cwd)
+    return dataclasses.replace(file_cfg, **{k: getattr(override_cfg, k) for k in given}), path
+
+
+def _coerce(key: str, value: Any, *, base: Path, origin: str) -> Any:
+    def bad(expected: str) -> UsageError:
+        return UsageError(f"{origin}: {key} must be {expected}, got {value!r}")
+
+    if key in _LISTS:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise bad("a list of strings")
+        if key == "extensions":
+            try:
+                return tuple(Extension.parse(v, base) for v in value)
+            except UsageError as exc:
+                raise UsageError(f"{origin}: {exc}") from exc
+        return tuple(value)
+    if key == "checks":
+        return _checks(value, bad)
+    if key in _PATHS:
+        if not isinstance(value, (str, Path)) or not str(value):
+            raise bad("a path")
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (base / path).resolve()
+    if key == "max_jobs":
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise bad("a whole number >= 0 (0: from memory)")
+        return value
+    if key == "pip_timeout":
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise bad("a number of seconds > 0")
+        return float(value)
+    if key == "compile_check":
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if key == "gpus":
+        if value not in ("auto", "all", "none"):
+            raise bad("one of auto, all, none")
+        return value
+    if key == "env_path":
+        if not isinstance(value, str) or not value.startswith("/") or value.rstrip("/") == "":
+            raise bad("an absolute path inside the image, not /")
+        return value.rstrip("/")
+    if key == "pip_cert" and value:
+        path = Path(str(value)).expanduser()
+        path = path if path.is_absolute() else (base / path).resolve()
+        if not path.is_file():
+            raise bad("an existing CA bundle file")
+        return str(path)
+    if not isinstance(value, str):
+        raise bad("a string")
+    return value
+
+
+def _checks(value: Any, bad: Any) -> tuple[tuple[str, str], ...]:
+    """The same forms `slimmer verify` reads: "snippet", { python = "..." } or { command = "..." }."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise bad('a list of Python snippets, { python = "..." } or { command = "..." }')
+    out = []
+    for item in value:
+        if isinstance(item, (list, tuple)) and len(item) == 2 and item[0] in ("python", "command"):
+            out.append((str(item[0]), str(item[1])))
+        elif isinstance(item, str):
+            out.append(("python", item))
+        elif isinstance(item, dict) and len({"python", "command"} & set(item)) == 1:
+            kind = "python" if "python" in item else "command"
+            if not isinstance(item[kind], str):
+                raise bad('a list of Python snippets, { python = "..." } or { command = "..." }')
+            out.append((kind, item[kind]))
+        else:
+            raise bad('a list of Python snippets, { python = "..." } or { command = "..." }')
+    return tuple(out)

@@ -1,0 +1,468 @@
+"""Keep the Python modules that kept code imports, found by static analysis; never runs any code.
+
+For every module file (`.py`, extension module) that a rule would remove, the protector asks
+whether a kept module imports it: `import a.b`, `from a import b` (b may be a submodule),
+relative imports, imports inside functions, `importlib.import_module("a.b")` and `__import__`
+with a literal name, and `import` lines of `.pth` files. A module that stays keeps what it
+imports in turn, to a fixed point. Importing `a.b.c` runs `a/__init__.py` and `a/b/__init__.py`,
+so those stay too. Imports under `if TYPE_CHECKING:` never run and are ignored.
+
+Some modules are imported by the user rather than by other modules: the top-level modules of an
+installed distribution (`top_level.txt`, else its RECORD) and the targets of its entry points.
+Those stay while the distribution's metadata stays (`import functorch` keeps working).
+
+Only kept files whose import lines mention the last name of a removed module are parsed, and
+parsed imports are cached by path, size and mtime, so a 5 GB environment takes a few seconds.
+Reads only.
+"""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from slimmer.dists import METADATA_SUFFIXES
+from slimmer.walk import Kind
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
+    from slimmer.plan import PlanContext
+    from slimmer.rules import Rule
+
+_EXT_MODULE = re.compile(r"^(?P<name>[A-Za-z_]\w*)(\.[\w-]+)?\.(so|pyd)$")
+_PYDIR = re.compile(r"^python\d+(\.\d+)?t?$")
+# Where an import can be: `import`/`from` statements and dynamic imports with a literal name.
+_IMPORT_HINT = re.compile(rb"\bimport\b|\bimport_module\b|\b__import__\b")
+_WORD = re.compile(rb"[A-Za-z_]\w*")
+
+
+@dataclass(frozen=True)
+class ModuleFile:
+    """A file that Python can import: its dotted name and the root it is imported from."""
+
+    rel: str
+    name: str
+    root: str
+    is_package: bool  # an __init__ file: relative imports start from the module itself
+
+
+@dataclass(frozen=True)
+class ImportStats:
+    """What one analysis cost, for the plan's figures."""
+
+    removed_modules: int
+    importers: int  # kept module files that could import a removed module
+    scanned: int  # files read for the text pre-filter
+    parsed: int
+    kept: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ImportRef:
+    """One import statement, resolved to absolute names: `base` and the names taken from it."""
+
+    base: str
+    names: tuple[str, ...] = ()
+
+
+class ModuleIndex:
+    """Module names to files, per import root (site-packages, the stdlib and lib-dynload)."""
+
+    def __init__(self, ctx: PlanContext) -> None:
+        self.roots = _module_roots(ctx)
+        ordered = sorted(self.roots, key=len, reverse=True)
+        self.by_rel: dict[str, ModuleFile] = {}
+        self.by_name: dict[str, list[ModuleFile]] = {}
+        for entry in ctx.tree.entries:
+            if entry.kind not in (Kind.FILE, Kind.LINK):
+                continue
+            root = next((r for r in ordered if r == "" or entry.rel.startswith(r + "/")), None)
+            if root is None:
+                continue
+            module = _module_file(entry.rel, root)
+            if module is not None:
+                self.by_rel[entry.rel] = module
+                self.by_name.setdefault(module.name, []).append(module)
+
+    def files(self, name: str) -> list[ModuleFile]:
+        return self.by_name.get(name, [])
+
+
+def _module_roots(ctx: PlanContext) -> list[str]:
+    roots = set(ctx.layout.site_packages)
+    for site in ctx.layout.site_packages:
+        parent, _, _ = site.rpartition("/")
+        if _PYDIR.match(parent.rpartition("/")[2]) and parent in ctx.by_rel:
+            roots.add(parent)  # the stdlib of a conda env or /usr/local
+            if f"{parent}/lib-dynload" in ctx.by_rel:
+                roots.add(f"{parent}/lib-dynload")
+    return sorted(roots)
+
+
+def _module_file(rel: str, root: str) -> ModuleFile | None:
+    inside = rel[len(root) + 1 :] if root else rel
+    *folders, filename = inside.split("/")
+    if filename.endswith(".py"):
+        stem = filename[:-3]
+    else:
+        match = _EXT_MODULE.match(filename)
+        if match is None:
+            return None
+        stem = match["name"]
+    is_package = stem == "__init__"
+    parts = folders if is_package else [*folders, stem]
+    if not parts or not all(p.isidentifier() for p in parts):
+        return None
+    return ModuleFile(rel, ".".join(parts), root, is_package)
+
+
+def _prefixes(name: str) -> Iterator[str]:
+    parts = name.split(".")
+    for i in range(1, len(parts) + 1):
+        yield ".".join(parts[:i])
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    if isinstance(test, ast.Name):
+        return test.id == "TYPE_CHECKING"
+    return isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+
+
+def _package_of(module: ModuleFile) -> str:
+    return module.name if module.is_package else module.name.rpartition(".")[0]
+
+
+def _absolute(module: ModuleFile, level: int, name: str | None) -> str | None:
+    if level == 0:
+        return name
+    parts = _package_of(module).split(".")
+    if level - 1 > len(parts) or (level - 1 == len(parts) and not name):
+        return None
+    base = parts[: len(parts) - (level - 1)]
+    return ".".join([*base, name] if name else base) or None
+
+
+_DYNAMIC = re.compile(rb"""\b(?:import_module|__import__)\(\s*(?:name\s*=\s*)?[rb]?["']([\w.]+)["']""")
+_BODIES = ("body", "orelse", "finalbody", "handlers", "cases")
+
+
+def parse_imports(source: bytes, module: ModuleFile) -> list[ImportRef]:
+    """Every import in `source`, in any block, resolved against `module`'s package.
+
+    Walks statements only (imports are statements; expressions are not entered), so a large
+    file costs little more than its parse. Dynamic imports with a literal name come from the text.
+    """
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        refs = _regex_imports(source, module)
+    else:
+        refs = []
+        stack: list[ast.AST] = [tree]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, ast.Import):
+                refs.extend(ImportRef(alias.name) for alias in node.names)
+                continue
+            if isinstance(node, ast.ImportFrom):
+                base = _absolute(module, node.level, node.module)
+                if base:
+                    refs.append(ImportRef(base, tuple(a.name for a in node.names if a.name != "*")))
+                continue
+            if isinstance(node, ast.If) and _is_type_checking(node.test):
+                stack.extend(node.orelse)  # `if TYPE_CHECKING:` bodies never run
+                continue
+            for field in _BODIES:
+                children = getattr(node, field, None)
+                if children:
+                    stack.extend(children)
+    for match in _DYNAMIC.finditer(source):
+        name = match[1].decode()
+        dots = len(name) - len(name.lstrip("."))
+        resolved = _absolute(module, dots, name[dots:] or None) if dots else name
+        if resolved:
+            refs.append(ImportRef(resolved))
+    return refs
+
+
+_FROM = re.compile(rb"^[ \t]*from[ \t]+(\.*)([\w.]*)[ \t]+import[ \t]+(\([^)]*\)|[\w \t,]+)", re.M)
+_IMPORT = re.compile(rb"^[ \t]*import[ \t]+([\w. \t,]+)", re.M)
+
+
+def _regex_imports(source: bytes, module: ModuleFile) -> list[ImportRef]:
+    """For a file `ast` cannot parse (another Python's syntax): statements at line starts."""
+    refs: list[ImportRef] = []
+    for m in _FROM.finditer(source):
+        base = _absolute(module, len(m[1]), m[2].decode() or None)
+        if base:
+            names = tuple(w.decode() for w in _WORD.findall(m[3]) if w != b"as")
+            refs.append(ImportRef(base, names))
+    for m in _IMPORT.finditer(source):
+        for part in m[1].decode().split(","):
+            name = part.split(" as ")[0].strip()
+            if name:
+                refs.append(ImportRef(name))
+    return refs
+
+
+@dataclass(frozen=True)
+class ImportText:
+    """The lines of a file that can import something (with their continuations), as words and text."""
+
+    words: frozenset[bytes]
+    text: bytes
+    relative: bool  # has a `from .` import
+
+
+_RELATIVE = re.compile(rb"\bfrom\s+\.")
+
+
+def import_text(source: bytes) -> ImportText:
+    """A cheap superset of what the file's imports can name, without parsing it."""
+    segments: list[bytes] = []
+    end = 0
+    for m in _IMPORT_HINT.finditer(source):
+        if m.start() < end:
+            continue
+        start = source.rfind(b"\n", 0, m.start()) + 1
+        end = source.find(b"\n", m.end())
+        end = len(source) if end < 0 else end
+        depth = source.count(b"(", start, end) - source.count(b")", start, end)
+        while end < len(source) and (depth > 0 or source[start:end].rstrip().endswith(b"\\")):
+            nxt = source.find(b"\n", end + 1)
+            nxt = len(source) if nxt < 0 else nxt
+            depth += source.count(b"(", end, nxt) - source.count(b")", end, nxt)
+            end = nxt
+        segments.append(source[start:end])
+    text = b"\n".join(segments)
+    return ImportText(frozenset(_WORD.findall(text)), text, _RELATIVE.search(text) is not None)
+
+
+@dataclass(frozen=True)
+class _Removed:
+    """A removed module as the pre-filter sees it."""
+
+    parent: str
+    parent_text: bytes
+    parent_last: bytes
+    top: str
+
+
+class _Prefilter:
+    """Says whether a kept file's import lines could name one of the removed modules.
+
+    `from a.b import c` and `import a.b.c` both contain the parent's dotted name and the last
+    name; a relative import can only reach a module of the file's own top-level package, through
+    a package that is an ancestor of the file's package or whose last name is on the line.
+    """
+
+    def __init__(self, removed: Iterable[ModuleFile]) -> None:
+        self.by_last: dict[bytes, list[_Removed]] = {}
+        for module in removed:
+            parent, _, last = module.name.rpartition(".")
+            item = _Removed(parent, parent.encode(), parent.rpartition(".")[2].encode(), module.name.split(".")[0])
+            self.by_last.setdefault(last.encode(), []).append(item)
+
+    def may_import(self, module: ModuleFile, found: ImportText) -> bool:
+        package = _package_of(module)
+        top = module.name.split(".")[0]
+        for word in found.words:
+            for item in self.by_last.get(word, ()):
+                if not item.parent or item.parent_text in found.text:
+                    return True
+                if (
+                    found.relative
+                    and item.top == top
+                    and (
+                        package == item.parent
+                        or package.startswith(item.parent + ".")
+                        or item.parent_last in found.words
+                    )
+                ):
+                    return True
+        return False
+
+
+_CACHE: dict[tuple[str, int, int], list[ImportRef]] = {}
+
+
+def _read(path: str) -> tuple[bytes, tuple[str, int, int]] | None:
+    try:
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            return fh.read(), (path, st.st_size, st.st_mtime_ns)
+    except OSError:
+        return None
+
+
+class ImportProtector:
+    """Keeps every module file that a kept module imports, directly or through other kept modules."""
+
+    def __init__(self) -> None:
+        self.stats: ImportStats | None = None
+
+    def protect(self, ctx: PlanContext, removing: dict[str, Rule]) -> dict[str, str]:
+        start = time.monotonic()
+        index = ModuleIndex(ctx)
+        root = os.fspath(ctx.tree.root)
+        removed = {rel: m for rel, m in index.by_rel.items() if rel in removing}
+        if not removed:
+            self.stats = ImportStats(0, 0, 0, 0, 0, time.monotonic() - start)
+            return {}
+        keep: dict[str, str] = {}
+        todo: list[ModuleFile] = []
+        parsed = scanned = 0
+
+        def need(name: str, why: str) -> None:
+            for prefix in _prefixes(name):
+                for target in index.files(prefix):
+                    if target.rel in removed and target.rel not in keep:
+                        keep[target.rel] = why
+                        todo.append(target)
+
+        def display(rel: str) -> str:
+            module = index.by_rel.get(rel)
+            return rel[len(module.root) + 1 :] if module and module.root else rel
+
+        for name, why in _entry_modules(ctx, removing):
+            need(name, why)
+        for rel, name in _pth_imports(ctx, root, removing):
+            need(name, f"imported at start-up by {rel.rpartition('/')[2]}")
+
+        # A kept module needs its packages' __init__ files: Python runs them first.
+        for rel, module in index.by_rel.items():
+            if rel not in removing and "." in module.name:
+                need(module.name.rpartition(".")[0], f"package of {display(rel)}")
+
+        prefilter = _Prefilter(removed.values())
+        importers = [m for rel, m in index.by_rel.items() if rel not in removing and rel.endswith(".py")]
+        for module in importers:
+            got = _read(os.path.join(root, module.rel))
+            if got is None:
+                continue
+            scanned += 1
+            source, key = got
+            if key not in _CACHE and not prefilter.may_import(module, import_text(source)):
+                continue
+            parsed += key not in _CACHE
+            for ref in _imports_cached(source, key, module):
+                _need_ref(ref, module, need, display)
+        while todo:
+            module = todo.pop()
+            if not module.rel.endswith(".py"):
+                continue
+            got = _read(os.path.join(root, module.rel))
+            if got is None:
+                continue
+            source, key = got
+            parsed += key not in _CACHE
+            for ref in _imports_cached(source, key, module):
+                _need_ref(ref, module, need, display)
+        self.stats = ImportStats(
+            removed_modules=len(removed),
+            importers=len(importers),
+            scanned=scanned,
+            parsed=parsed,
+            kept=len(keep),
+            seconds=time.monotonic() - start,
+        )
+        return keep
+
+
+def _imports_cached(source: bytes, key: tuple[str, int, int], module: ModuleFile) -> list[ImportRef]:
+    refs = _CACHE.get(key)
+    if refs is None:
+        refs = _CACHE[key] = parse_imports(source, module)
+    return refs
+
+
+def _need_ref(ref: ImportRef, module: ModuleFile, need: object, display: object) -> None:
+    why = f"imported by {display(module.rel)}"  # type: ignore[operator]
+    need(ref.base, why)  # type: ignore[operator]
+    for name in ref.names:
+        need(f"{ref.base}.{name}", why)  # type: ignore[operator]
+
+
+def _metadata_dirs(ctx: PlanContext, removing: dict[str, Rule]) -> Iterable[tuple[str, str]]:
+    """(metadata folder, label) of each distribution that stays installed."""
+    for dist in ctx.owners.dists:
+        if dist.metadata_dir not in removing:
+            yield dist.metadata_dir, dist.label
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def _entry_modules(ctx: PlanContext, removing: dict[str, Rule]) -> Iterator[tuple[str, str]]:
+    """Modules a user imports or runs by name: top-level modules and entry point targets."""
+    root = os.fspath(ctx.tree.root)
+    for meta, label in _metadata_dirs(ctx, removing):
+        base = os.path.join(root, meta)
+        top_level = _read_text(os.path.join(base, "top_level.txt"))
+        names = (
+            {n.strip().replace("/", ".") for n in top_level.splitlines()}
+            if top_level is not None
+            else _record_top_level(_read_text(os.path.join(base, "RECORD")) or "")
+        )
+        for name in sorted(n for n in names if n and all(p.isidentifier() for p in n.split("."))):
+            yield name, f"top-level module of {label} (import {name})"
+        entry_points = _read_text(os.path.join(base, "entry_points.txt"))
+        if entry_points:
+            parser = configparser.ConfigParser(delimiters=("=",), interpolation=None)
+            parser.optionxform = str  # type: ignore[assignment,method-assign]
+            try:
+                parser.read_string(entry_points)
+            except configparser.Error:
+                continue
+            for section in parser.sections():
+                for ep_name, value in parser.items(section):
+                    target = value.split(":")[0].split("[")[0].strip()
+                    if target and all(p.isidentifier() for p in target.split(".")):
+                        yield target, f"entry point {section}/{ep_name} of {label}"
+
+
+def _record_top_level(record: str) -> set[str]:
+    names = set()
+    for line in record.splitlines():
+        first = line.split(",", 1)[0]
+        top, _, rest = first.partition("/")
+        if top.endswith(METADATA_SUFFIXES) or top.startswith(".") or top == "__pycache__":
+            continue
+        if rest:
+            names.add(top)
+        elif top.endswith(".py"):
+            names.add(top[:-3])
+    return names
+
+
+def _pth_imports(ctx: PlanContext, root: str, removing: dict[str, Rule]) -> Iterator[tuple[str, str]]:
+    """Modules that `import` lines of kept `.pth` files load at every start-up."""
+    for site in ctx.layout.site_packages:
+        prefix = f"{site}/" if site else ""
+        for entry in ctx.tree.entries:
+            rel = entry.rel
+            if not rel.endswith(".pth") or rel in removing or not rel.startswith(prefix) or "/" in rel[len(prefix) :]:
+                continue
+            text = _read_text(os.path.join(root, rel)) or ""
+            for line in text.splitlines():
+                if line.startswith(("import ", "import\t")):
+                    try:
+                        tree = ast.parse(line)
+                    except SyntaxError:
+                        continue
+                    for node in ast.walk(tree):
+                        if isinstance(node, ast.Import):
+                            for alias in node.names:
+                                yield rel, alias.name

@@ -1,0 +1,189 @@
+"""Keep the shared libraries that kept ELF files load (DT_NEEDED), as the dynamic loader finds them.
+
+A name in DT_NEEDED is looked up in the file's DT_RPATH (only when it has no DT_RUNPATH), then
+its DT_RUNPATH, with `$ORIGIN` meaning the file's own folder, then in the environment's own
+`lib`/`lib64` folders; the first match is the library the loader would map. A kept library
+keeps what it needs in turn, and a symlink keeps the file it points to (inside the root).
+Absolute search paths name the machine the environment runs on, not this root: they are ignored.
+
+Nothing is read when the plan removes no shared library. Otherwise only kept ELF files whose
+bytes contain the name of a removed library (as DT_NEEDED strings are stored) are analysed, with
+`slimmer.elf.analyze`. Reads only.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import posixpath
+import re
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from slimmer.walk import Kind
+
+if TYPE_CHECKING:
+    from slimmer.elf.analyze import ElfReport
+    from slimmer.plan import PlanContext
+    from slimmer.rules import Rule
+
+_SHARED = re.compile(r"\.so(\.[0-9][\w.]*)?$")
+_ORIGIN = re.compile(r"\$(ORIGIN\b|\{ORIGIN\})")
+MAX_NAMES_FOR_PREFILTER = 64  # beyond this, scanning each file once per name costs more than parsing
+
+
+@dataclass(frozen=True)
+class LibraryStats:
+    removed_libraries: int
+    candidates: int  # kept files that could be ELF
+    analysed: int
+    kept: int
+    seconds: float
+
+
+def is_shared_library(rel: str) -> bool:
+    return _SHARED.search(rel.rpartition("/")[2]) is not None
+
+
+def _mentions(path: str, needles: list[bytes]) -> bool:
+    """Whether the file's bytes contain any of `needles` (DT_NEEDED strings end with NUL)."""
+    try:
+        with open(path, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size == 0:
+                return False
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                if data[:4] != b"\x7fELF":
+                    return False
+                return any(data.find(n) >= 0 for n in needles)
+    except (OSError, ValueError):
+        return False
+
+
+class LibraryProtector:
+    """Keeps every shared library that a kept ELF file needs, directly or through kept libraries."""
+
+    def __init__(self) -> None:
+        self.stats: LibraryStats | None = None
+
+    def protect(self, ctx: PlanContext, removing: dict[str, Rule]) -> dict[str, str]:
+        start = time.monotonic()
+        removed_libs = [
+            rel for rel in removing if ctx.by_rel[rel].kind in (Kind.FILE, Kind.LINK) and is_shared_library(rel)
+        ]
+        if not removed_libs:
+            self.stats = LibraryStats(0, 0, 0, 0, time.monotonic() - start)
+            return {}
+        root = os.fspath(ctx.tree.root)
+        lib_dirs = [f"{p}/{d}" if p else d for p in ctx.layout.prefixes for d in ("lib", "lib64")]
+        candidates = [
+            e.rel
+            for e in ctx.tree.entries
+            if e.kind is Kind.FILE and e.rel not in removing and e.size >= 64 and _maybe_elf(e.rel, e.mode)
+        ]
+        names = {rel.rpartition("/")[2] for rel in removed_libs}
+        removed_set = set(removed_libs)
+        for e in ctx.tree.entries:  # a kept link (libfoo.so.1) to a removed file is asked for by its name
+            if (
+                e.kind is Kind.LINK
+                and e.rel not in removing
+                and is_shared_library(e.rel)
+                and any(t in removed_set for t in _link_chain(ctx, root, e.rel)[1:])
+            ):
+                names.add(e.rel.rpartition("/")[2])
+        if len(names) <= MAX_NAMES_FOR_PREFILTER:
+            needles = [n.encode() + b"\0" for n in sorted(names)]
+            todo = [rel for rel in candidates if _mentions(os.path.join(root, rel), needles)]
+        else:
+            todo = candidates
+        keep: dict[str, str] = {}
+        analysed = 0
+        seen: set[str] = set()
+        while todo:
+            batch = [rel for rel in dict.fromkeys(todo) if rel not in seen]
+            todo = []
+            seen.update(batch)
+            reports = _analyse(root, batch)
+            analysed += len(reports)
+            for rel, report in reports.items():
+                for needed in report.needed:
+                    found = _resolve(ctx, rel, needed, report, lib_dirs)
+                    if found is None:
+                        continue
+                    for target in _link_chain(ctx, root, found):
+                        if target in removing and target not in keep:
+                            keep[target] = f"needed by {_display(ctx, rel)} (DT_NEEDED {needed})"
+                            if ctx.by_rel[target].kind is Kind.FILE:
+                                todo.append(target)
+        self.stats = LibraryStats(len(removed_libs), len(candidates), analysed, len(keep), time.monotonic() - start)
+        return keep
+
+
+def _maybe_elf(rel: str, mode: int) -> bool:
+    return is_shared_library(rel) or bool(mode & 0o111)
+
+
+def _analyse(root: str, rels: list[str]) -> dict[str, ElfReport]:
+    from slimmer.elf.analyze import analyse_many
+
+    if not rels:
+        return {}
+    reports = analyse_many([os.path.join(root, rel) for rel in rels])
+    by_path = {r.path: r for r in reports if r.error is None}
+    return {rel: by_path[p] for rel in rels if (p := os.path.join(root, rel)) in by_path}
+
+
+def _display(ctx: PlanContext, rel: str) -> str:
+    site = ctx.layout.site_of(rel)
+    return rel[len(site) + 1 :] if site else rel
+
+
+def _inside(rel: str) -> str | None:
+    """A normalised root-relative path, or None if it leaves the root."""
+    norm = posixpath.normpath(rel)
+    if norm.startswith(("../", "/")) or norm == "..":
+        return None
+    return "" if norm == "." else norm
+
+
+def _resolve(ctx: PlanContext, rel: str, needed: str, report: ElfReport, lib_dirs: list[str]) -> str | None:
+    """The root-relative path the loader would map for `needed`, if it lies in the root."""
+    origin = rel.rpartition("/")[0]
+    if "/" in needed:
+        return _inside(posixpath.join(origin, needed)) if not needed.startswith("/") else None
+    search = list(report.runpath) if report.runpath else list(report.rpath)
+    folders: list[str] = []
+    for entry in search:
+        for part in entry.split(":"):
+            if not part or part.startswith("/"):
+                continue  # an absolute path names the target machine, not this root
+            replaced = _ORIGIN.sub(origin.replace("\\", "\\\\"), part) if "$" in part else None
+            if replaced is None or "$" in replaced:
+                continue  # relative to the working directory, or $LIB/$PLATFORM: unknowable here
+            folder = _inside(replaced.lstrip("/") if not origin else replaced)
+            if folder is not None:
+                folders.append(folder)
+    folders.extend(lib_dirs)
+    for folder in folders:
+        candidate = f"{folder}/{needed}" if folder else needed
+        if candidate in ctx.by_rel:
+            return candidate
+    return None
+
+
+def _link_chain(ctx: PlanContext, root: str, rel: str) -> list[str]:
+    """`rel` and, while it is a symlink that stays inside the root, what it points to."""
+    chain = [rel]
+    while ctx.by_rel.get(rel) is not None and ctx.by_rel[rel].kind is Kind.LINK and len(chain) < 40:
+        try:
+            target = os.readlink(os.path.join(root, rel))
+        except OSError:
+            break
+        if target.startswith("/"):
+            break
+        nxt = _inside(posixpath.join(rel.rpartition("/")[0], target))
+        if nxt is None or nxt in chain:
+            break
+        chain.append(nxt)
+        rel = nxt
+    return chain

@@ -1,0 +1,103 @@
+"""After apply, make each distribution's RECORD agree with the disk again.
+
+A `Rewriter` that runs after every other one: for each `*.dist-info/RECORD` under a
+site-packages folder it drops the rows of files that are gone and gives each file that another
+rewriter changed (a stripped library) its new sha256 and size, so that `pip show -f`,
+`pip uninstall`, `pip check` and `importlib.metadata` describe what is really installed. The new
+RECORD goes through apply's journaled temporary file, so `slimmer undo` restores the old one.
+Rows that point outside the root (`../../bin/x` of a venv with the root set to site-packages)
+are left as they are. Only writes through `tmp_for`.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import io
+import os
+import posixpath
+from typing import TYPE_CHECKING
+
+from slimmer.dists import METADATA_SUFFIXES
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+    from slimmer.apply import ApplyResult
+    from slimmer.plan import Plan
+
+
+def record_hash(path: str) -> tuple[str, int]:
+    """The RECORD hash (`sha256=<urlsafe base64, no padding>`) and size of a file."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return "sha256=" + base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode(), size
+
+
+def _records(root: Path, plan: Plan) -> Iterator[tuple[str, str]]:
+    """(site-packages folder, RECORD path), both relative to the root."""
+    for site in plan.layout.site_packages:
+        folder = os.path.join(root, site) if site else os.fspath(root)
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            continue
+        for name in names:
+            if not name.endswith(METADATA_SUFFIXES[0]):
+                continue
+            rel = f"{site}/{name}/RECORD" if site else f"{name}/RECORD"
+            path = os.path.join(root, rel)
+            if os.path.isfile(path) and not os.path.islink(path) and not os.path.islink(os.path.dirname(path)):
+                yield site, rel
+
+
+class RecordRewriter:
+    """Rewrites the RECORD of every distribution that lost files or had files rewritten."""
+
+    name = "record"
+
+    def rewrite(self, plan: Plan, result: ApplyResult, tmp_for: Callable[[str], Path]) -> Iterator[str]:
+        root = plan.root
+        changed_files = {rel for name, done in result.rewritten.items() if name != self.name for rel, _, _ in done}
+        for site, rel in _records(root, plan):
+            try:
+                with open(os.path.join(root, rel), newline="", encoding="utf-8") as fh:
+                    text = fh.read()
+            except (OSError, UnicodeDecodeError):
+                continue
+            rows = list(csv.reader(io.StringIO(text)))
+            kept: list[list[str]] = []
+            changed = False
+            for row in rows:
+                if not row:
+                    continue
+                target = posixpath.normpath(posixpath.join(site, row[0]))
+                if target.startswith("../") or target == ".." or row[0].startswith("/") or target == rel:
+                    kept.append(row)
+                    continue
+                if not os.path.lexists(os.path.join(root, target)):
+                    changed = True
+                    continue
+                new_row = row
+                if target in changed_files and len(row) >= 3:
+                    digest, size = record_hash(os.path.join(root, target))
+                    if [digest, str(size)] != row[1:3]:
+                        new_row = [row[0], digest, str(size), *row[3:]]
+                        changed = True
+                kept.append(new_row)
+            if not changed:
+                continue
+            out = io.StringIO()
+            csv.writer(out, lineterminator="\r\n" if "\r\n" in text else "\n").writerows(kept)
+            tmp = tmp_for(rel)
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                fh.write(out.getvalue())
+                fh.flush()
+                os.fsync(fh.fileno())
+            yield rel

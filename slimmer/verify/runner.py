@@ -1,0 +1,234 @@
+"""Find an environment's interpreter, list its checks and run them, each group in its own subprocess.
+
+Every check runs with the environment's own interpreter as `python -I -B probes/X.py ...`: isolated
+from the caller's PYTHONPATH and user site, and writing no bytecode into the environment. Cheap
+checks of one distribution share a subprocess and still report one result each; a crash or a
+timeout is blamed on the check that was running and the rest of its group runs again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from slimmer.errors import UsageError
+from slimmer.verify.checks import CheckKind, CheckResult, Status, VerifyCheck, VerifyReport
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+PROBES = Path(__file__).resolve().parent / "probes"
+MARK = "@@slimmer "
+PROBE_FOR = {
+    CheckKind.IMPORT: "imports.py",
+    CheckKind.EXTENSION: "extensions.py",
+    CheckKind.OP: "ops.py",
+    CheckKind.COMPILE: "compile.py",
+    CheckKind.PYTHON: "snippet.py",
+}
+# Which checks may share one subprocess: the rest run alone.
+SHARED = (CheckKind.IMPORT, CheckKind.EXTENSION)
+# Long checks start first so that they overlap the many short ones.
+ORDER = (CheckKind.COMPILE, CheckKind.OP, CheckKind.IMPORT, CheckKind.EXTENSION, CheckKind.PYTHON, CheckKind.COMMAND)
+DEFAULT_TIMEOUT = 120.0
+COMPILE_TIMEOUT = 300.0
+_DROP_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "VIRTUAL_ENV")
+
+
+def find_python(root: Path, python: str | None = None) -> Path:
+    """The interpreter that runs the checks: `python` if given, else bin/python3 or bin/python under root."""
+    if python:
+        path = Path(python).expanduser()
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            msg = f"--python {python}: not an executable file"
+            raise UsageError(msg)
+        return path
+    for name in ("bin/python3", "bin/python"):
+        path = root / name
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    msg = f"{root} has no bin/python3 or bin/python: name the environment's interpreter with --python"
+    raise UsageError(msg)
+
+
+def _environ(root: Path, scratch: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _DROP_ENV}
+    env["PATH"] = f"{root / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    # An empty cache per run: a cached kernel would hide a missing header or compiler.
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(scratch / "inductor")
+    env["TRITON_CACHE_DIR"] = str(scratch / "triton")
+    env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
+    return env
+
+
+def inventory(python: Path, *, timeout: float = 60.0) -> dict:
+    """What the environment holds, as its interpreter sees it (see probes/inventory.py)."""
+    argv = [str(python), "-I", "-B", str(PROBES / "inventory.py")]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        msg = f"cannot run {python}: {exc}"
+        raise UsageError(msg) from None
+    for line in proc.stdout.splitlines():
+        if line.startswith(MARK):
+            return json.loads(line[len(MARK) :])
+    last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    msg = f"{python} cannot list its distributions: {last}"
+    raise UsageError(msg)
+
+
+def discover(
+    inv: dict,
+    *,
+    compile_check: bool = True,
+    extra: Iterable[VerifyCheck] = (),
+    timeout: float = DEFAULT_TIMEOUT,
+) -> list[VerifyCheck]:
+    """The checks for an inventory: imports, extensions, op checks, torch.compile, then `extra`."""
+    checks: list[VerifyCheck] = []
+    has_torch = False
+    for dist in inv["dists"]:
+        group = dist["name"]
+        checks.extend(VerifyCheck(CheckKind.IMPORT, m, group, timeout) for m in dist["modules"])
+        checks.extend(VerifyCheck(CheckKind.IMPORT, m, group, skip_reason=why) for m, why in dist["skipped"].items())
+        checks.extend(
+            VerifyCheck(CheckKind.EXTENSION, f"{e['module']}={e['path']}", group, timeout) for e in dist["extensions"]
+        )
+        if dist["op_library"]:
+            checks.append(VerifyCheck(CheckKind.OP, dist["op_library"], dist["op_library"], timeout))
+            has_torch = has_torch or dist["op_library"] == "torch"
+    if compile_check and has_torch:
+        checks.append(VerifyCheck(CheckKind.COMPILE, "torch.compile", "compile", max(timeout, COMPILE_TIMEOUT)))
+    checks.extend(extra)
+    return checks
+
+
+def _groups(checks: Sequence[VerifyCheck]) -> list[list[VerifyCheck]]:
+    shared: dict[tuple[CheckKind, str], list[VerifyCheck]] = {}
+    alone: list[list[VerifyCheck]] = []
+    for check in checks:
+        if check.skip_reason:
+            continue
+        if check.kind in SHARED:
+            shared.setdefault((check.kind, check.group), []).append(check)
+        else:
+            alone.append([check])
+    groups = list(shared.values()) + alone
+    return sorted(groups, key=lambda g: ORDER.index(g[0].kind))
+
+
+def _first_line(text: str) -> str:
+    return next((ln.strip() for ln in text.strip().splitlines() if ln.strip()), "")
+
+
+def _last_line(text: str) -> str:
+    return next((ln.strip() for ln in reversed(text.strip().splitlines()) if ln.strip()), "")
+
+
+def _died(proc_rc: int | None, stderr: str, timeout: float | None) -> str:
+    if timeout is not None:
+        return f"timed out after {timeout:.0f} s"
+    if proc_rc is not None and proc_rc < 0:
+        try:
+            name = signal.Signals(-proc_rc).name
+        except ValueError:
+            name = f"signal {-proc_rc}"
+        why = f"crashed ({name})"
+    else:
+        why = f"exited with {proc_rc} before reporting"
+    last = _last_line(stderr)
+    return f"{why}: {last}" if last else why
+
+
+def _spawn(argv: list[str], env: dict[str, str], cwd: Path, timeout: float) -> tuple[int | None, str, str, bool]:
+    """Run argv in its own process group; kill the whole group on timeout."""
+    proc = subprocess.Popen(
+        argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        return proc.returncode, out, err, True
+    return proc.returncode, out, err, False
+
+
+def _run_command(check: VerifyCheck, env: dict[str, str], cwd: Path) -> CheckResult:
+    start = time.monotonic()
+    rc, out, err, timed_out = _spawn(["/bin/sh", "-c", check.target], env, cwd, check.timeout)
+    seconds = time.monotonic() - start
+    if timed_out:
+        return CheckResult(check, Status.FAIL, seconds, f"timed out after {check.timeout:.0f} s", err[-4000:])
+    if rc != 0:
+        error = f"exit {rc}: {_last_line(err) or _last_line(out)}".rstrip(": ")
+        return CheckResult(check, Status.FAIL, seconds, error, (out + err)[-4000:])
+    return CheckResult(check, Status.PASS, seconds)
+
+
+def _run_group(python: Path, group: list[VerifyCheck], env: dict[str, str], cwd: Path) -> list[CheckResult]:
+    if group[0].kind is CheckKind.COMMAND:
+        return [_run_command(group[0], env, cwd)]
+    results: dict[str, CheckResult] = {}
+    pending = list(group)
+    while pending:
+        timeout = max(c.timeout for c in pending)
+        argv = [str(python), "-I", "-B", str(PROBES / PROBE_FOR[pending[0].kind]), *(c.target for c in pending)]
+        start = time.monotonic()
+        rc, out, err, timed_out = _spawn(argv, env, cwd, timeout)
+        by_target = {c.target: c for c in pending}
+        for line in out.splitlines():
+            if not line.startswith(MARK):
+                continue
+            data = json.loads(line[len(MARK) :])
+            check = by_target.get(data["target"])
+            if check is not None:
+                status = Status.PASS if data["ok"] else Status.FAIL
+                results[check.target] = CheckResult(check, status, data["seconds"], data["error"], data["detail"])
+        pending = [c for c in pending if c.target not in results]
+        if pending:  # the process died in the middle of pending[0]
+            blamed = pending.pop(0)
+            error = _died(rc, err, timeout if timed_out else None)
+            results[blamed.target] = CheckResult(blamed, Status.FAIL, time.monotonic() - start, error, err[-4000:])
+    return [results[c.target] for c in group]
+
+
+def run_checks(root: Path, python: Path, checks: Sequence[VerifyCheck], *, jobs: int = 0) -> list[CheckResult]:
+    """Run `checks` in parallel subprocesses; one result per check, in the order given."""
+    jobs = jobs or min(4, os.cpu_count() or 1)
+    by_check: dict[VerifyCheck, CheckResult] = {
+        c: CheckResult(c, Status.SKIP, 0.0, c.skip_reason) for c in checks if c.skip_reason
+    }
+    with tempfile.TemporaryDirectory(prefix="slimmer-verify-") as scratch_dir:
+        scratch = Path(scratch_dir)
+        env = _environ(root, scratch)
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            for results in pool.map(lambda g: _run_group(python, g, env, scratch), _groups(checks)):
+                by_check.update((r.check, r) for r in results)
+    return [by_check[c] for c in checks]
+
+
+def verify(
+    root: Path,
+    *,
+    python: str | None = None,
+    compile_check: bool = True,
+    extra: Iterable[VerifyCheck] = (),
+    timeout: float = DEFAULT_TIMEOUT,
+    jobs: int = 0,
+) -> VerifyReport:
+    """List and run every check for the environment at `root`."""
+    start = time.monotonic()
+    interpreter = find_python(root, python)
+    inv = inventory(interpreter)
+    checks = discover(inv, compile_check=compile_check, extra=extra, timeout=timeout)
+    results = run_checks(root, interpreter, checks, jobs=jobs)
+    return VerifyReport(str(interpreter), inv["version"], tuple(results), time.monotonic() - start)

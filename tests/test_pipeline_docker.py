@@ -1,0 +1,204 @@
+"""`slimmer build-and-slim` and `slimmer dockerfile` on a real Docker engine (no registry: debootstrapped base).
+
+The devel image (Python, a venv, CPU torch from /opt/wheels) is cached on the engine by the hash of
+its inputs, so only the first session pays for the torch install.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from slimmer.cli import main
+from slimmer.pipeline.build import Method, build_slimmer_wheel, run_pipeline
+from slimmer.pipeline.config import make_config
+from slimmer.pipeline.engine import StepLog, build_image, run_once
+from slimmer.pipeline.errors import EngineError, ExtensionUnavailableError, ImageMissingError
+from tests.helpers import REPO
+
+BASE = os.environ.get("SLIMMER_DOCKER_BASE", "slimmer-base:bookworm")
+TORCH_WHEELS = Path("/opt/wheels")
+TORCH_VERSION = "2.13.0"
+EXT = REPO / "fixtures" / "torch_ext_demo"
+CHECK = (
+    "import torch, slimmer_demo_ext; x = torch.arange(4.0); "
+    "assert torch.equal(slimmer_demo_ext.scale_add(x, x, 2.0), 3 * x); print('scale_add ok')"
+)
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def pipeline_dirs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not list(TORCH_WHEELS.glob(f"torch-{TORCH_VERSION}*.whl")):
+        pytest.fail(f"no torch {TORCH_VERSION} wheel in {TORCH_WHEELS}")
+    return tmp_path_factory.mktemp("pipeline")
+
+
+def _check_passed(table: str) -> bool:
+    """The user check's row of the verify table from inside the image says pass."""
+    return any(
+        line.startswith("python import torch, slimmer_demo_ext") and " pass " in line for line in table.splitlines()
+    )
+
+
+def _config(dirs: Path, tag: str, **extra: object) -> object:
+    values = {
+        "devel_image": BASE,
+        "runtime_image": BASE,
+        "tag": tag,
+        "torch_version": TORCH_VERSION,
+        "find_links": [str(TORCH_WHEELS)],
+        "wheelhouse": str(dirs / "wheelhouse"),
+        "ccache_dir": str(dirs / "cache" / "ccache"),
+        "log_dir": str(dirs / "logs"),
+        "extensions": [str(EXT)],
+        "checks": [CHECK],
+        **extra,
+    }
+    return make_config(values, base=dirs)
+
+
+def test_build_and_slim_end_to_end_then_a_wheelhouse_hit(
+    docker_engine: object, pipeline_dirs: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tag = "slimmer-test:e2e"
+    first = run_pipeline(_config(pipeline_dirs, tag))
+    (ext,) = first.extensions
+    assert ext.method is Method.SOURCE and ext.wheel.startswith("slimmer_demo_ext-0.2.0-")
+    assert (pipeline_dirs / "wheelhouse" / ext.wheel).is_file()  # saved for the next run
+    assert first.verify.ok, first.verify.output
+    assert _check_passed(first.verify.output)
+    sizes = first.sizes
+    assert sizes["runtime"] < sizes["runtime_unslimmed"] < sizes["devel"]
+    # The shipped image holds no compiler, and the op runs there without slimmer's help.
+    code, out = run_once(docker_engine, tag, ["bash", "-c", "command -v g++ c++ gcc || echo no-compiler"])
+    assert out.strip() == "no-compiler", out
+    code, out = run_once(docker_engine, tag, ["python", "-c", CHECK])
+    assert code == 0 and "scale_add ok" in out, out
+
+    # The second run, through the CLI and a slimmer.toml: the extension's wheel is in the wheelhouse now.
+    (pipeline_dirs / "slimmer.toml").write_text(
+        f"devel_image = '{BASE}'\nruntime_image = '{BASE}'\ntorch_version = '{TORCH_VERSION}'\n"
+        f"find_links = ['{TORCH_WHEELS}']\nwheelhouse = 'wheelhouse'\nextensions = ['{EXT}']\n"
+        f"ccache_dir = 'cache/ccache'\nlog_dir = 'logs'\n"
+    )
+    monkeypatch.chdir(pipeline_dirs)
+    assert main(["build-and-slim", "--tag", tag, "--check", CHECK, "--no-compile-check", "--json"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    (ext2,) = second["extensions"]
+    assert (ext2["name"], ext2["method"], ext2["wheel"]) == ("slimmer_demo_ext", "wheelhouse hit", ext.wheel)
+    assert ext2["seconds"] < ext.seconds
+    assert second["cached"] == {"devel": True, "runtime_base": True}
+    assert second["verify"]["ok"] and _check_passed(second["verify"]["output"])
+    assert second["sizes"]["runtime"] < second["sizes"]["runtime_unslimmed"]
+    assert Path(second["log"]).is_file()
+    with capsys.disabled():  # the figures for the closing note
+        print(
+            "\npipeline figures:",
+            json.dumps(
+                {
+                    "first_s": round(first.seconds),
+                    "second_s": second["seconds"],
+                    "sizes": sizes,
+                    "source_build_s": round(ext.seconds, 1),
+                    "wheelhouse_hit_s": ext2["seconds"],
+                }
+            ),
+        )
+
+
+def test_unreachable_wheel_and_source_fail_fast_naming_the_sources(docker_engine: object, pipeline_dirs: Path) -> None:
+    cfg = _config(
+        pipeline_dirs,
+        "slimmer-test:unreachable",
+        extensions=["slimmer-no-such-extension-zz9"],
+        index_urls=["http://127.0.0.1:9/simple"],
+        find_links=[str(TORCH_WHEELS), "http://127.0.0.1:9/wheels/"],
+        pip_timeout=5,
+        checks=[],
+    )
+    start = time.monotonic()
+    with pytest.raises(ExtensionUnavailableError) as info:
+        run_pipeline(cfg)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "slimmer-no-such-extension-zz9" in message.replace("_", "-")
+    assert "http://127.0.0.1:9/simple" in message and "http://127.0.0.1:9/wheels/" in message
+    assert "source (" in message and "full log:" in message
+    assert time.monotonic() - start < 240
+
+
+def test_a_missing_base_image_is_one_line(docker_engine: object, pipeline_dirs: Path) -> None:
+    cfg = _config(pipeline_dirs, "slimmer-test:x", devel_image="slimmer-test:no-such-base")
+    with pytest.raises(ImageMissingError, match="devel base image 'slimmer-test:no-such-base' is not on the engine"):
+        run_pipeline(cfg)
+
+
+def test_no_engine_says_how_to_start_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    with pytest.raises(EngineError, match="no Docker engine answers at unix://.*no-engine.sock: start one"):
+        run_pipeline(dataclasses.replace(_config(tmp_path, "x")))
+    assert main(["image", "anything"]) == 6
+    assert "sudo dockerd" in capsys.readouterr().err
+
+
+def _buildkit() -> bool:
+    docker = shutil.which("docker")
+    return (
+        bool(docker) and subprocess.run([docker, "buildx", "version"], capture_output=True, check=False).returncode == 0
+    )
+
+
+def test_generated_dockerfile_builds_on_the_same_engine(
+    docker_engine: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ctx = tmp_path / "ctx"
+    (ctx / "wheels").mkdir(parents=True)
+    for wheel in TORCH_WHEELS.glob(f"torch-{TORCH_VERSION}*.whl"):
+        try:
+            os.link(wheel, ctx / "wheels" / wheel.name)
+        except OSError:
+            shutil.copy2(wheel, ctx / "wheels" / wheel.name)
+    shutil.copytree(EXT, ctx / "torch_ext_demo", ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    slimmer_wheel = build_slimmer_wheel(ctx)
+    ca = Path("/etc/ssl/certs/ca-certificates.crt")
+    shutil.copy(ca, ctx / "slimmer-ca.pem")  # pip inside the build reaches PyPI through the host's CAs
+    (ctx / "slimmer.toml").write_text(
+        f"devel_image = '{BASE}'\nruntime_image = '{BASE}'\ntorch_version = '{TORCH_VERSION}'\n"
+        f"find_links = ['wheels']\nextensions = ['./torch_ext_demo']\npip_cert = 'slimmer-ca.pem'\n"
+    )
+    monkeypatch.chdir(ctx)
+    buildkit = _buildkit()
+    args = ["dockerfile", "-o", "Dockerfile", "--slimmer-requirement", slimmer_wheel.name]
+    assert main([*args, *([] if buildkit else ["--no-cache-mounts"])]) == 0
+    text = (ctx / "Dockerfile").read_text()
+    assert "COPY --from=devel /opt/venv /opt/venv" in text
+    devel_runs = [ln for ln in text.split("AS runtime")[0].splitlines() if ln.startswith("RUN ")]
+    assert "/opt/slimmer-tool/bin/slimmer apply --rules default" in devel_runs[-1]
+    tag = "slimmer-test:dockerfile"
+    if buildkit:
+        subprocess.run(
+            ["docker", "build", "-t", tag, "."], cwd=ctx, check=True, env={**os.environ, "DOCKER_BUILDKIT": "1"}
+        )
+    else:
+        print("BuildKit unavailable (no `docker buildx`): built with the classic builder, without cache mounts")
+        log = StepLog(tmp_path / "build.log", None)
+        dockerfile = text
+        build_image(docker_engine, dockerfile, tag, log, label="docker build", context=ctx)
+        log.close()
+    code, out = run_once(docker_engine, tag, ["python", "-c", CHECK])
+    assert code == 0 and "scale_add ok" in out, out
+    # slimmed in the devel stage (its journal came along with the environment), no compiler shipped
+    script = "ls -d /opt/venv/.slimmer/runs/* >/dev/null && echo journal; command -v g++ c++ gcc || echo no-compiler"
+    code, out = run_once(docker_engine, tag, ["bash", "-c", script])
+    assert out.split() == ["journal", "no-compiler"], out

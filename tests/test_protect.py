@@ -1,0 +1,301 @@
+"""Protection on small synthetic packages and real ELF files: what the kept code needs stays, and why."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from slimmer.cli import main
+from slimmer.plan import make_plan
+from slimmer.protect import default_protectors
+from slimmer.protect.imports import ImportProtector, ModuleFile, import_text, parse_imports
+from slimmer.protect.libraries import LibraryProtector
+from slimmer.rules import RuleSet
+from tests.helpers import make_tree
+
+SP = "lib/python3.11/site-packages"
+
+
+def _rules(tmp_path: Path, text: str) -> RuleSet:
+    path = tmp_path / "test.rules"
+    path.write_text(text)
+    return RuleSet.load([str(path)])
+
+
+PKG = {
+    f"{SP}/pkg/__init__.py": "from pkg import core\n",
+    f"{SP}/pkg/core.py": (
+        "import importlib\n"
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    from pkg.testing import typing_only\n"
+        "def check():\n"
+        "    from pkg.testing.helpers import helper\n"
+        "    return helper()\n"
+        "def dyn():\n"
+        "    return importlib.import_module('pkg.testing.dynamic')\n"
+    ),
+    f"{SP}/pkg/testing/__init__.py": "",
+    f"{SP}/pkg/testing/helpers.py": "from . import util\nfrom .sub import deep\ndef helper():\n    return 1\n",
+    f"{SP}/pkg/testing/util.py": "X = 1\n",
+    f"{SP}/pkg/testing/sub/__init__.py": "",
+    f"{SP}/pkg/testing/sub/deep.py": "",
+    f"{SP}/pkg/testing/dynamic.py": "",
+    f"{SP}/pkg/testing/typing_only.py": "",
+    f"{SP}/pkg/testing/unused.py": "import pkg.core\n",
+    f"{SP}/pkg/testing/data.txt": "data\n",
+    f"{SP}/pkg-1.0.dist-info/METADATA": "Name: pkg\nVersion: 1.0\n",
+    f"{SP}/pkg-1.0.dist-info/top_level.txt": "pkg\n",
+    f"{SP}/pkg-1.0.dist-info/RECORD": "pkg/__init__.py,,\n",
+    f"{SP}/pkg-1.0.dist-info/entry_points.txt": "[console_scripts]\npkg-tool = pkg.tools.cli:main\n",
+    f"{SP}/pkg/tools/__init__.py": "",
+    f"{SP}/pkg/tools/cli.py": "def main():\n    pass\n",
+    f"{SP}/other/__init__.py": "from .extra import thing\n",
+    f"{SP}/other/extra.py": "thing = 1\n",
+    f"{SP}/other-2.0.dist-info/METADATA": "Name: other\nVersion: 2.0\n",
+    f"{SP}/other-2.0.dist-info/RECORD": "other/__init__.py,,\nother/extra.py,,\n",
+}
+
+
+def test_imports_keep_what_kept_code_imports(tmp_path):
+    root = make_tree(tmp_path / "env", PKG)
+    rules = _rules(tmp_path, "# @relative-to site-packages\npkg/testing/\npkg/tools/\nother/\n")
+    plan = make_plan(root, rules, protectors=default_protectors())
+    kept = {k.rel.removeprefix(f"{SP}/"): k.reason for k in plan.kept}
+    removed = {r.rel.removeprefix(f"{SP}/") for r in plan.removals}
+    assert kept["pkg/testing/helpers.py"] == "imported by pkg/core.py"
+    assert kept["pkg/testing/util.py"] == "imported by pkg/testing/helpers.py"  # from . import util
+    assert kept["pkg/testing/sub/deep.py"] == "imported by pkg/testing/helpers.py"  # from .sub import deep
+    assert kept["pkg/testing/sub/__init__.py"] == "imported by pkg/testing/helpers.py"
+    assert kept["pkg/testing/__init__.py"].startswith("imported by pkg/")
+    assert kept["pkg/testing/dynamic.py"] == "imported by pkg/core.py"  # importlib.import_module literal
+    assert kept["pkg/tools/cli.py"] == "entry point console_scripts/pkg-tool of pkg 1.0"
+    assert kept["other/__init__.py"] == "top-level module of other 2.0 (import other)"
+    assert kept["other/extra.py"] == "imported by other/__init__.py"
+    # Nothing kept imports these: they go (a module imported only under TYPE_CHECKING, too).
+    assert {"pkg/testing/unused.py", "pkg/testing/typing_only.py", "pkg/testing/data.txt"} <= removed
+    assert not {"pkg/testing/helpers.py", "other/extra.py"} & removed
+
+
+def test_imports_keep_package_inits_of_kept_modules(tmp_path):
+    files = {
+        f"{SP}/pkg/__init__.py": "",
+        f"{SP}/pkg/a/__init__.py": "",
+        f"{SP}/pkg/a/b.py": "",
+    }
+    root = make_tree(tmp_path / "env", files)
+    rules = _rules(tmp_path, "# @relative-to site-packages\n__init__.py\n")
+    plan = make_plan(root, rules, protectors=default_protectors())
+    kept = {k.rel.removeprefix(f"{SP}/"): k.reason for k in plan.kept}
+    assert kept == {"pkg/a/__init__.py": "package of pkg/a/b.py", "pkg/__init__.py": "package of pkg/a/b.py"}
+
+
+def test_without_protection_the_same_rules_remove_them(tmp_path):
+    root = make_tree(tmp_path / "env", PKG)
+    rules = _rules(tmp_path, "# @relative-to site-packages\npkg/testing/\n")
+    plan = make_plan(root, rules)
+    assert f"{SP}/pkg/testing/helpers.py" in {r.rel for r in plan.removals}
+
+
+def test_pth_import_lines_keep_their_module(tmp_path):
+    files = {
+        f"{SP}/hook.pth": "import _hook_impl\n",
+        f"{SP}/_hook_impl.py": "",
+        f"{SP}/_other_impl.py": "",
+    }
+    root = make_tree(tmp_path / "env", files)
+    plan = make_plan(
+        root, _rules(tmp_path, "# @relative-to site-packages\n_*_impl.py\n"), protectors=default_protectors()
+    )
+    assert {k.rel: k.reason for k in plan.kept} == {f"{SP}/_hook_impl.py": "imported at start-up by hook.pth"}
+
+
+@pytest.mark.parametrize(
+    ("source", "name", "is_package", "expected"),
+    [
+        ("import a.b.c as d", "x.y", False, [("a.b.c", ())]),
+        ("from .. import z", "x.y.m", False, [("x", ("z",))]),
+        ("from . import z", "x.y", True, [("x.y", ("z",))]),
+        ("from ...q import r", "a.b.c.m", False, [("a.q", ("r",))]),
+        (
+            "def f():\n    try:\n        import deep.one\n    except ImportError:\n        pass",
+            "m",
+            False,
+            [("deep.one", ())],
+        ),
+        ("__import__('p.q')", "m", False, [("p.q", ())]),
+        ("if TYPE_CHECKING:\n    import t\nelse:\n    import u", "m", False, [("u", ())]),
+        ("print 'python 2'\nimport old\nfrom .rel import x", "p.m", False, [("p.rel", ("x",)), ("old", ())]),
+    ],
+)
+def test_parse_imports(source, name, is_package, expected):
+    module = ModuleFile("f.py", name, "", is_package)
+    got = sorted((r.base, r.names) for r in parse_imports(source.encode(), module))
+    assert got == sorted(expected)
+
+
+def test_prefilter_sees_multiline_and_continued_imports():
+    src = b"x = 1\nfrom a.b import (\n    one,\n    two,\n)\nimport c, \\\n    d\n"
+    found = import_text(src)
+    assert {b"two", b"d", b"b"} <= found.words
+    assert b"a.b" in found.text
+
+
+def test_plan_reports_what_import_analysis_kept(tmp_path, capsys):
+    root = make_tree(tmp_path / "env", PKG)
+    rules_file = tmp_path / "t.rules"
+    rules_file.write_text("# @relative-to site-packages\npkg/testing/\n")
+    assert main(["plan", "--rules", str(rules_file), "-v", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert f"{SP}/pkg/testing/helpers.py: imported by pkg/core.py" in out
+
+
+def _elf_fixtures() -> Path:
+    path = os.environ.get("SLIMMER_ELF_FIXTURES")
+    if not path:
+        pytest.skip("SLIMMER_ELF_FIXTURES is not set: run the tests with 'make test'")
+    if not (Path(path) / ".complete").exists():
+        pytest.fail(f"{path} is not built: run 'make elf-fixtures'")
+    return Path(path)
+
+
+def test_libraries_a_kept_executable_needs_stay(tmp_path):
+    root = tmp_path / "prefix"
+    shutil.copytree(_elf_fixtures(), root, symlinks=True)
+    rules = _rules(tmp_path, "# @relative-to prefix\nlib/libfoo*\nlib/libtiny.so\n")
+    protector = LibraryProtector()
+    plan = make_plan(root, rules, protectors=(protector,))
+    kept = {k.rel: k.reason for k in plan.kept}
+    # bin/main has DT_NEEDED libfoo.so.1 and RUNPATH $ORIGIN/../lib: the link and its target stay.
+    assert kept["lib/libfoo.so.1"] == "needed by bin/main (DT_NEEDED libfoo.so.1)"
+    assert kept["lib/libfoo.so.1.0"] == "needed by bin/main (DT_NEEDED libfoo.so.1)"
+    removed = {r.rel for r in plan.removals}
+    assert {"lib/libfoo.so", "lib/libtiny.so"} <= removed  # nothing needs them
+    assert protector.stats is not None
+    assert protector.stats.analysed >= 1
+    # And the kept program still runs after apply.
+    assert main(["apply", "--rules", str(tmp_path / "test.rules"), str(root)]) == 0
+    proc = subprocess.run([str(root / "bin/main")], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_libraries_nothing_read_when_no_library_goes(tmp_path):
+    root = tmp_path / "prefix"
+    shutil.copytree(_elf_fixtures(), root, symlinks=True)
+    protector = LibraryProtector()
+    make_plan(root, _rules(tmp_path, "# @relative-to prefix\n*.c\n"), protectors=(protector,))
+    assert protector.stats is not None
+    assert protector.stats.analysed == 0
+    assert protector.stats.candidates == 0
+
+
+# ---- A real venv, a real wheel, pip: RECORD agrees with the disk after apply --------------------
+
+
+def _hash(data: bytes) -> str:
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def _wheel(dest: Path) -> Path:
+    files = {
+        "demo/__init__.py": "from demo.core import run\n",
+        "demo/core.py": "def run():\n    from demo.testing.helpers import answer\n    return answer()\n",
+        "demo/testing/__init__.py": "",
+        "demo/testing/helpers.py": "def answer():\n    return 42\n",
+        "demo/testing/test_big.py": "# a test nothing imports\n" + "x = 1\n" * 2000,
+        "demo/README.md": "# demo\n",
+        "demo-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: demo\nVersion: 1.0\n",
+        "demo-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        "demo-1.0.dist-info/top_level.txt": "demo\n",
+    }
+    record = io.StringIO()
+    writer = csv.writer(record, lineterminator="\n")
+    for name, text in files.items():
+        writer.writerow([name, _hash(text.encode()), len(text.encode())])
+    writer.writerow(["demo-1.0.dist-info/RECORD", "", ""])
+    path = dest / "demo-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, text in files.items():
+            zf.writestr(name, text)
+        zf.writestr("demo-1.0.dist-info/RECORD", record.getvalue())
+    return path
+
+
+def _pip(venv: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(venv / "bin/python"), "-m", "pip", "--disable-pip-version-check", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_pip_agrees_with_the_disk_after_apply(tmp_path):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    wheel = _wheel(tmp_path)
+    proc = _pip(venv, "install", "--no-index", "--no-deps", str(wheel))
+    assert proc.returncode == 0, proc.stderr
+    site = next(venv.glob("lib/python3*/site-packages"))
+    record = site / "demo-1.0.dist-info/RECORD"
+    before = record.read_text()
+    rules = tmp_path / "demo.rules"
+    rules.write_text("# @relative-to site-packages\ndemo/testing/\n*.md\n")
+    assert main(["apply", "--no-commit", "--rules", str(rules), str(venv)]) == 0
+    assert (site / "demo/testing/helpers.py").is_file()  # demo.core imports it
+    assert not (site / "demo/testing/test_big.py").exists()
+    rows = [r[0] for r in csv.reader(io.StringIO(record.read_text()))]
+    assert "demo/testing/test_big.py" not in rows
+    assert "demo/README.md" not in rows
+    assert "demo/testing/helpers.py" in rows
+    assert all((site / r).exists() for r in rows if not r.startswith("..")), rows
+
+    py = str(venv / "bin/python")
+    check = "import demo, importlib.metadata as m; assert demo.run() == 42; "
+    check += "assert all(f.locate().exists() for f in m.files('demo')), [f for f in m.files('demo')]"
+    assert subprocess.run([py, "-c", check], capture_output=True, text=True, check=False).returncode == 0
+    proc = _pip(venv, "check")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = _pip(venv, "show", "-f", "demo")
+    assert "demo/testing/helpers.py" in proc.stdout
+    assert "test_big.py" not in proc.stdout
+
+    # undo restores the old RECORD with the files
+    assert main(["undo", str(venv)]) == 0
+    assert record.read_text() == before
+    assert (site / "demo/testing/test_big.py").is_file()
+
+    assert main(["apply", "--rules", str(rules), str(venv)]) == 0
+    proc = _pip(venv, "uninstall", "-y", "demo")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not (site / "demo").exists()
+    assert not (site / "demo-1.0.dist-info").exists()
+
+
+def test_import_analysis_is_fast_on_many_files(tmp_path):
+    files = {f"{SP}/big/__init__.py": ""}
+    for i in range(2000):
+        files[f"{SP}/big/m{i}.py"] = f"import os\nfrom big import m{(i + 1) % 2000}\n" + "y = 1\n" * 50
+    files[f"{SP}/big/tests/__init__.py"] = ""
+    files[f"{SP}/big/tests/test_x.py"] = "import big\n"
+    root = make_tree(tmp_path / "env", files)
+    protector = ImportProtector()
+    start = time.monotonic()
+    plan = make_plan(root, _rules(tmp_path, "# @relative-to site-packages\ntests/\n"), protectors=(protector,))
+    assert time.monotonic() - start < 10
+    assert protector.stats is not None
+    assert protector.stats.parsed == 0  # nothing names big.tests: no file needs parsing
+    assert {r.rel for r in plan.removals} >= {f"{SP}/big/tests/test_x.py"}
