@@ -29,7 +29,10 @@ METHOD = """\
   new, empty torch.compile/Triton caches, on the first run's copy, after the bytes were counted.
   n/a: the package the check exercises is not installed in the environment.
 - The seed recipe is `../shared/bench/seed_recipe.sh`, run as it is: `seed_recipe.sh COPY`.
-- `slimmer verify`, where it exists, is timed on its own after the apply and reported in its own column.
+- `slimmer verify ENV` (`--profile runtime` after the runtime profile), where it exists, runs after the
+  bytes were counted: on every run of slimmer's variants, and once on the untouched and the seed copies to
+  show what fails there too. Its time is its own column ("verify s", FAIL: non-zero exit), never part of
+  the apply time.
 """
 
 

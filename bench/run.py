@@ -29,14 +29,13 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.measure import TreeCount, count_tree, largest_elf, timed_run
-from bench.report import render_markdown, render_table
+from bench.measure import TIME, TreeCount, count_tree, largest_elf, timed_run
+from bench.report import SLIMMER_VARIANTS, render_markdown, render_table
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "fixtures" / "smoke.py"
 SEED_RECIPE = REPO.parent / "shared" / "bench" / "seed_recipe.sh"
 VARIANTS = ("original", "seed", "default", "runtime")
-SLIMMER_VARIANTS = ("default", "runtime")
 CHECK_TIMEOUT = 900
 
 
@@ -158,6 +157,16 @@ def _slimmer_help(slimmer: list[str], *args: str) -> str:
     return proc.stdout if proc.returncode == 0 else ""
 
 
+def _has_option(help_text: str, option: str) -> bool:
+    """Whether a click --help text lists option as an option (not only mentions it in a description)."""
+    return re.search(rf"^ {{1,6}}(-\w, )?{re.escape(option)}\b", help_text, re.MULTILINE) is not None
+
+
+def _verify_command(variant: str, copy: Path, slimmer: list[str], *, profile: bool) -> list[str]:
+    # the runtime profile does not promise torch.compile, and verify skips that check when told the profile
+    return [*slimmer, "verify", *(["--profile", "runtime"] if profile and variant == "runtime" else []), str(copy)]
+
+
 def _command(variant: str, copy: Path, slimmer: list[str], seed: Path) -> list[str]:
     if variant == "seed":
         return [str(seed), str(copy)]  # the file itself, exactly as it is
@@ -187,6 +196,7 @@ def bench_env(
     work: Path,
     *,
     verify: bool,
+    verify_profile: bool,
     all_checks: list[str],
 ) -> list[Result]:
     src = Path(env.path)
@@ -224,7 +234,8 @@ def bench_env(
                 # timed on every run after slimmer, and once elsewhere to show what already failed
                 if verify and (variant in SLIMMER_VARIANTS or r == 0):
                     log = scratch / "verify.log"
-                    v = timed_run([*slimmer, "verify", str(copy)], log=log, cwd=scratch, env=_clean_env(scratch))
+                    cmd = _verify_command(variant, copy, slimmer, profile=verify_profile)
+                    v = timed_run(cmd, log=log, cwd=scratch, env=_clean_env(scratch))
                     result.verify.append(
                         Run(
                             v.returncode,
@@ -332,14 +343,18 @@ def main(argv: list[str] | None = None) -> int:
         if Path(args.slimmer).exists() or shutil.which(args.slimmer)
         else [sys.executable, "-m", "slimmer"]
     )
+    if not os.access(TIME, os.X_OK):
+        _log(f"bench: {TIME} is missing: install the 'time' package ('make bench-tools' does)")
+        return 2
     seed = args.seed_recipe.resolve()
     if "seed" in variants and not seed.is_file():
         _log(f"bench: the seed recipe is not at {seed} (shared/ must lie beside the repository; or --seed-recipe)")
         return 2
-    if "runtime" in variants and not re.search(r"^ {1,6}(-\w, )?--profile\b", _slimmer_help(slimmer, "apply"), re.M):
+    if "runtime" in variants and not _has_option(_slimmer_help(slimmer, "apply"), "--profile"):
         variants.remove("runtime")
         notes.append("runtime profile not measured: `slimmer apply --help` lists no --profile yet.")
-    verify = not args.no_verify and bool(_slimmer_help(slimmer, "verify"))
+    verify_help = "" if args.no_verify else _slimmer_help(slimmer, "verify")
+    verify = bool(verify_help)
     if not verify:
         notes.append("`slimmer verify` not timed: " + ("--no-verify." if args.no_verify else "no such command yet."))
     if args.repeat < 3:
@@ -389,7 +404,17 @@ def main(argv: list[str] | None = None) -> int:
                     f"{env.count.disk_bytes * 1.3 / 1e9:.1f} GB"
                 )
                 return 1
-            results += bench_env(env, variants, args.repeat, slimmer, seed, work, verify=verify, all_checks=all_checks)
+            results += bench_env(
+                env,
+                variants,
+                args.repeat,
+                slimmer,
+                seed,
+                work,
+                verify=verify,
+                verify_profile=_has_option(verify_help, "--profile"),
+                all_checks=all_checks,
+            )
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -43,6 +43,7 @@ class Kept:
     size: int
     rule: Rule | None
     reason: str
+    by: str = "rule"  # what kept it: "rule" (a `!` line) or the protector's name ("import analysis", ...)
 
 
 @dataclass(frozen=True)
@@ -232,7 +233,8 @@ def make_plan(
         for rel, reason in protector.protect(ctx, removing).items():
             rule = removing.pop(rel, None)
             if rule is not None and ctx.by_rel[rel].kind is not Kind.DIR:
-                kept.append(Kept(rel, ctx.by_rel[rel].size, rule, reason))
+                by = getattr(protector, "name", type(protector).__name__)
+                kept.append(Kept(rel, ctx.by_rel[rel].size, rule, reason, by))
     # A kept path keeps every folder above it.
     for k in list(kept):
         for ancestor in _ancestors(_parent(k.rel)):

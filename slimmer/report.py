@@ -54,6 +54,15 @@ def render_plan(plan: Plan, *, top: int = 10, verbose: bool = False) -> str:
             lines.append(f"  {size(unit.freed):>10}  {unit.rel}{suffix}  ({unit.rule.where})")
     if plan.kept:
         lines.append(f"Kept although a rule matched ({len(plan.kept)}):")
+        by: dict[str, list[int]] = {}
+        for k in plan.kept:
+            key = k.reason if k.by == "rule" else k.by
+            by.setdefault(key, [0, 0])
+            by[key][0] += 1
+            by[key][1] += k.size
+        if len(by) > 1 or len(plan.kept) > top:
+            for key, (files, nbytes) in sorted(by.items(), key=lambda kv: -kv[1][1]):
+                lines.append(f"  {files:>7} files  {size(nbytes):>10}  {key}")
         shown = plan.kept if verbose else plan.kept[:top]
         for k in shown:
             lines.append(f"  {k.rel}: {k.reason}")
@@ -136,7 +145,13 @@ def plan_to_dict(plan: Plan, *, top: int = 20) -> dict[str, Any]:
             {"path": u.rel, "kind": u.kind.value, "bytes": u.freed, "rule": u.rule.where} for u in plan.largest(top)
         ],
         "kept": [
-            {"path": k.rel, "bytes": k.size, "reason": k.reason, "rule": k.rule.where if k.rule else None}
+            {
+                "path": k.rel,
+                "bytes": k.size,
+                "reason": k.reason,
+                "by": k.by,
+                "rule": k.rule.where if k.rule else None,
+            }
             for k in plan.kept
         ],
         "removed": [

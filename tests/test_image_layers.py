@@ -51,7 +51,7 @@ def test_deleted_overwritten_and_opaque_folders_are_counted_against_the_layer_th
                 "cache/sub/": None,
                 "cache/sub/b": b"b" * 200,
             },
-            {"opt/env/.wh.big.so": b"", "etc/": None, "etc/conf": b"c" * 50},
+            {"./opt/env/.wh.big.so": b"", "./etc/": None, "./etc/conf": b"c" * 50},
             {"etc/conf": b"C" * 60, "cache/.wh..wh..opq": b"", "cache/new": b"n" * 5},
         ],
         ["RUN pip install", "RUN rm big.so", "RUN chmod etc/conf && rm -rf /cache/*"],

@@ -120,8 +120,7 @@ def test_unreachable_wheel_and_source_fail_fast_naming_the_sources(docker_engine
         pipeline_dirs,
         "slimmer-test:unreachable",
         extensions=["slimmer-no-such-extension-zz9"],
-        index_urls=["http://127.0.0.1:9/simple"],
-        find_links=[str(TORCH_WHEELS), "http://127.0.0.1:9/wheels/"],
+        index_urls=["http://127.0.0.1:9/simple", "http://127.0.0.1:9/wheels/"],
         pip_timeout=5,
         checks=[],
     )

@@ -6,6 +6,7 @@ import base64
 import csv
 import hashlib
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -299,3 +300,93 @@ def test_import_analysis_is_fast_on_many_files(tmp_path):
     assert protector.stats is not None
     assert protector.stats.parsed == 0  # nothing names big.tests: no file needs parsing
     assert {r.rel for r in plan.removals} >= {f"{SP}/big/tests/test_x.py"}
+
+
+def test_egg_info_installed_files_follow_the_disk(tmp_path):
+    files = {
+        f"{SP}/foo/__init__.py": "",
+        f"{SP}/foo/tests/test_a.py": "",
+        f"{SP}/foo-1.0-py3.11.egg-info/PKG-INFO": "Name: foo\nVersion: 1.0\n",
+        f"{SP}/foo-1.0-py3.11.egg-info/installed-files.txt": "../foo/__init__.py\n../foo/tests/test_a.py\nPKG-INFO\n",
+    }
+    root = make_tree(tmp_path / "env", files)
+    rules = tmp_path / "t.rules"
+    rules.write_text("# @relative-to site-packages\ntests/\n")
+    listing = root / SP / "foo-1.0-py3.11.egg-info/installed-files.txt"
+    assert main(["apply", "--no-commit", "--rules", str(rules), str(root)]) == 0
+    assert listing.read_text() == "../foo/__init__.py\nPKG-INFO\n"
+    assert main(["undo", str(root)]) == 0
+    assert "test_a.py" in listing.read_text()
+
+
+def test_profiles_keep_or_remove_compile_headers_and_say_what_breaks(tmp_path, capsys):
+    files = {
+        f"{SP}/torch/__init__.py": "",
+        f"{SP}/torch/include/torch/csrc/inductor/cpp_prefix.h": "#pragma once\n",
+        f"{SP}/torch-9.0.dist-info/METADATA": "Name: torch\nVersion: 9.0\n",
+        "include/python3.11/Python.h": "/* */\n",
+    }
+    root = make_tree(tmp_path / "env", files)
+    header = f"{SP}/torch/include/torch/csrc/inductor/cpp_prefix.h"
+
+    assert main(["plan", "--json", "--rules", "compile-headers", str(root)]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    kept = {k["path"]: k["reason"] for k in plan["kept"]}
+    assert "compile-needs.rules" in kept[header]
+    assert "torch.compile will fail" in kept[header]
+    assert "Python.h" in kept["include/python3.11/Python.h"]
+    assert plan["breaks"] == []
+    assert plan["rules"] == ["compile-headers", "profile default"]
+
+    assert main(["plan", "--json", "--rules", "default", "--profile", "runtime", str(root)]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    removed = {r["path"] for r in plan["removed"]}
+    assert {header, "include/python3.11/Python.h"} <= removed
+    breaks = {b["what"]: b["files"] for b in plan["breaks"]}
+    assert any(w.startswith("torch.compile will fail") for w in breaks), breaks
+    assert any("Python.h" in w for w in breaks), breaks
+
+    assert main(["plan", "--profile", "runtime", str(root)]) == 0
+    assert "Stops working after this plan" in capsys.readouterr().out
+    assert main(["plan", "--profile", "nope", str(root)]) == 2
+    assert "unknown profile 'nope'" in capsys.readouterr().err
+
+
+def test_breaks_covers_one_paragraph(tmp_path):
+    rules = _rules(
+        tmp_path,
+        "# @relative-to site-packages\n# @breaks x will fail: y\na/\nb/\n\nc/\n",
+    )
+    assert [(r.pattern, r.breaks) for r in rules.rules] == [
+        ("a/", "x will fail: y"),
+        ("b/", "x will fail: y"),
+        ("c/", ""),
+    ]
+
+
+def test_text_filter_keeps_what_parsing_everything_keeps(tmp_path):
+    root = make_tree(tmp_path / "env", PKG)
+    rules = _rules(tmp_path, "# @relative-to site-packages\npkg/testing/\npkg/tools/\nother/\n")
+    filtered = make_plan(root, rules, protectors=(ImportProtector(),))
+    everything = make_plan(root, rules, protectors=(ImportProtector(filter_by_text=False),))
+    assert {(k.rel, k.reason) for k in filtered.kept} == {(k.rel, k.reason) for k in everything.kept}
+
+
+def test_a_module_linked_from_outside_the_root_is_never_read(tmp_path):
+    outside = tmp_path / "outside.py"
+    outside.write_text("import pkg.testing.helpers\n")
+    root = make_tree(tmp_path / "env", PKG)
+    (root / SP / "pkg/linked.py").symlink_to(outside)
+    protector = ImportProtector()
+    plan = make_plan(root, _rules(tmp_path, "# @relative-to site-packages\npkg/testing/\n"), protectors=(protector,))
+    reasons = {k.reason for k in plan.kept}
+    assert "imported by pkg/linked.py" not in reasons
+    assert "imported by pkg/core.py" in reasons
+
+
+def test_explain_names_the_protection(tmp_path, capsys):
+    root = make_tree(tmp_path / "env", PKG)
+    rules = tmp_path / "t.rules"
+    rules.write_text("# @relative-to site-packages\npkg/testing/\n")
+    assert main(["explain", "--rules", str(rules), str(root), f"{SP}/pkg/testing/util.py"]) == 0
+    assert "but kept: imported by pkg/testing/helpers.py" in capsys.readouterr().out

@@ -140,3 +140,31 @@ def test_runtime_profile_reports_compile_and_beats_the_seed_recipe(torch_env, to
     subprocess.run(["bash", str(SEED_SCRIPT), str(seed_env)], check=True, capture_output=True, timeout=600)
     seed_removed = seed_before - _bytes(seed_env)
     assert removed >= seed_removed, f"runtime profile removed {removed} bytes, the seed recipe {seed_removed}"
+
+
+def test_import_text_filter_misses_nothing(torch_env):
+    """The text filters only skip parsing: on torch with the seed rules, parsing every kept module
+    keeps exactly the same files. Reads the cached environment, changes nothing."""
+    from slimmer.dists import Owners
+    from slimmer.layout import Layout
+    from slimmer.plan import PlanContext, _decide_all
+    from slimmer.profiles import with_profile
+    from slimmer.protect import imports
+    from slimmer.rules import RuleSet
+    from slimmer.walk import walk
+
+    rules = with_profile(RuleSet.load(["default", "seed-recipe"]), "runtime")
+    tree = walk(torch_env)
+    layout = Layout.detect(tree)
+    ctx = PlanContext(tree=tree, layout=layout, owners=Owners(tree, layout), rules=rules)
+    removing, _ = _decide_all(tree, layout, rules)
+    imports._CACHE.clear()
+    filtered = imports.ImportProtector()
+    kept = filtered.protect(ctx, dict(removing))
+    imports._CACHE.clear()
+    everything = imports.ImportProtector(filter_by_text=False)
+    assert everything.protect(ctx, dict(removing)) == kept
+    assert filtered.stats is not None
+    assert everything.stats is not None
+    assert filtered.stats.parsed * 10 < everything.stats.parsed
+    assert "lib/python3.11/site-packages/torch/testing/_internal/logging_tensor.py" in kept

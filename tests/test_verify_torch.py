@@ -112,6 +112,12 @@ def test_deleted_python_h_fails_compile_check_and_doctor_names_fix(torch_env, tm
     [result] = run_checks(prefix, python, [VerifyCheck(CheckKind.COMPILE, "torch.compile", "compile", 300)])
     assert result.status is Status.FAIL
     assert "Python.h" in result.error, result.error
+    log = tmp_path / "inductor.log"
+    log.write_text(result.detail)  # the traceback a user would paste
+    assert main(["doctor", "--log", str(log), str(prefix)]) == 5
+    explained = capsys.readouterr().out
+    assert "InductorError: missing Python.h" in explained
+    assert f"conda install -p {prefix} --force-reinstall python=3." in explained
     findings = {f.need: f for f in diagnose(prefix, python)}
     assert not findings["Python.h"].ok
     assert findings["Python.h"].where == str(header)

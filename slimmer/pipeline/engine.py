@@ -7,6 +7,7 @@ Containers are always force-removed.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tarfile
@@ -196,7 +197,7 @@ class Container:
             for line in _lines(output):
                 self.log.line(line)
         finally:
-            getattr(output, "close", lambda: None)()
+            _close_stream(output)
         code = int(api.exec_inspect(exec_id)["ExitCode"] or 0)
         self.log.end_step()
         if code and check:
@@ -207,6 +208,16 @@ class Container:
         repo, _, tag = name.rpartition(":") if ":" in name.rsplit("/", maxsplit=1)[-1] else (name, "", "latest")
         image = self.container.commit(repository=repo, tag=tag, changes=list(changes))
         return str(image.id)
+
+
+def _close_stream(stream: Any) -> None:
+    """Close an exec stream and the socket file under it (docker-py's close() leaves that one open)."""
+    raw = None
+    with contextlib.suppress(AttributeError):
+        raw = stream._response.raw._fp.fp.raw
+    stream.close()
+    if raw is not None:
+        raw.close()
 
 
 def _lines(chunks: Iterator[bytes]) -> Iterator[str]:

@@ -118,7 +118,7 @@ def analyse_archive(fileobj: IO[bytes], image: str = "") -> ImageLayers:
             size = deletions = 0
             with tarfile.open(fileobj=_member(outer, layer_path), mode="r|") as layer:
                 for member in layer:
-                    path = "/" + posixpath.normpath(member.name).lstrip("./")
+                    path = posixpath.normpath("/" + member.name)  # "./a", "a" and "/a" are the same file
                     base = posixpath.basename(path)
                     if base == OPAQUE:
                         hidden = tree.remove(posixpath.dirname(path), below=index, only_children=True)

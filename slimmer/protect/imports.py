@@ -290,22 +290,63 @@ class _Prefilter:
         return False
 
 
-_CACHE: dict[tuple[str, int, int], list[ImportRef]] = {}
+_LIGHT_FROM = re.compile(rb"\bfrom\s+(\.*)\s*([\w.]*)\s+import\b\s*(\([^)]*\)|[\w \t,*]*)")
+_LIGHT_IMPORT = re.compile(rb"\bimport\s+([\w.]+(?:[ \t]*,[ \t]*[\w.]+|[ \t]+as[ \t]+\w+)*)")
+
+
+def text_imports(found: ImportText, module: ModuleFile) -> list[ImportRef]:
+    """Imports read from the import lines alone, with regular expressions: a superset of what the
+    file imports (it also sees `if TYPE_CHECKING:` blocks, strings and comments), for a cheap
+    second filter before a file is parsed."""
+    text = found.text.replace(b"\\\n", b" ")
+    refs: list[ImportRef] = []
+    for m in _LIGHT_FROM.finditer(text):
+        base = _absolute(module, len(m[1]), m[2].decode() or None)
+        if base:
+            refs.append(ImportRef(base, tuple(w.decode() for w in _WORD.findall(m[3]))))
+    for m in _LIGHT_IMPORT.finditer(text):
+        refs.extend(ImportRef(w.decode()) for w in re.findall(rb"[\w.]+", m[1]) if w != b"as")
+    for m in _DYNAMIC.finditer(text):
+        name = m[1].decode()
+        dots = len(name) - len(name.lstrip("."))
+        resolved = _absolute(module, dots, name[dots:] or None) if dots else name
+        if resolved:
+            refs.append(ImportRef(resolved))
+    return refs
+
+
+def _names(ref: ImportRef) -> Iterator[str]:
+    yield from _prefixes(ref.base)
+    for name in ref.names:
+        yield f"{ref.base}.{name}"
+
+
+# Parsed imports by (path, size, mtime, module name, is package): a second plan in the same
+# process (plan, then apply; explain) parses nothing again.
+_CACHE: dict[tuple[object, ...], list[ImportRef]] = {}
 
 
 def _read(path: str) -> tuple[bytes, tuple[str, int, int]] | None:
+    """A regular file's bytes and (path, size, mtime); None for a symlink: never read through one."""
     try:
-        with open(path, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            return fh.read(), (path, st.st_size, st.st_mtime_ns)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         return None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        try:
+            return fh.read(), (path, st.st_size, st.st_mtime_ns)
+        except OSError:
+            return None
 
 
 class ImportProtector:
     """Keeps every module file that a kept module imports, directly or through other kept modules."""
 
-    def __init__(self) -> None:
+    name = "import analysis"
+
+    def __init__(self, *, filter_by_text: bool = True) -> None:
+        self.filter_by_text = filter_by_text  # False: parse every kept module (slow; for checking the filter)
         self.stats: ImportStats | None = None
 
     def protect(self, ctx: PlanContext, removing: dict[str, Rule]) -> dict[str, str]:
@@ -342,29 +383,34 @@ class ImportProtector:
                 need(module.name.rpartition(".")[0], f"package of {display(rel)}")
 
         prefilter = _Prefilter(removed.values())
+        removed_names = {m.name for m in removed.values()}
+
+        def visit(module: ModuleFile) -> None:
+            """Parse `module` if its import lines can name a removed module; keep what it imports."""
+            nonlocal scanned, parsed
+            got = _read(os.path.join(root, module.rel))
+            if got is None:
+                return
+            scanned += 1
+            source, stamp = got
+            key = (*stamp, module.name, module.is_package)
+            if key not in _CACHE and self.filter_by_text:
+                found = import_text(source)
+                if not prefilter.may_import(module, found):
+                    return
+                if not any(n in removed_names for ref in text_imports(found, module) for n in _names(ref)):
+                    return
+            parsed += key not in _CACHE
+            for ref in _imports_cached(source, key, module):
+                _need_ref(ref, module, need, display)
+
         importers = [m for rel, m in index.by_rel.items() if rel not in removing and rel.endswith(".py")]
         for module in importers:
-            got = _read(os.path.join(root, module.rel))
-            if got is None:
-                continue
-            scanned += 1
-            source, key = got
-            if key not in _CACHE and not prefilter.may_import(module, import_text(source)):
-                continue
-            parsed += key not in _CACHE
-            for ref in _imports_cached(source, key, module):
-                _need_ref(ref, module, need, display)
+            visit(module)
         while todo:
             module = todo.pop()
-            if not module.rel.endswith(".py"):
-                continue
-            got = _read(os.path.join(root, module.rel))
-            if got is None:
-                continue
-            source, key = got
-            parsed += key not in _CACHE
-            for ref in _imports_cached(source, key, module):
-                _need_ref(ref, module, need, display)
+            if module.rel.endswith(".py"):
+                visit(module)
         self.stats = ImportStats(
             removed_modules=len(removed),
             importers=len(importers),
@@ -376,7 +422,7 @@ class ImportProtector:
         return keep
 
 
-def _imports_cached(source: bytes, key: tuple[str, int, int], module: ModuleFile) -> list[ImportRef]:
+def _imports_cached(source: bytes, key: tuple[object, ...], module: ModuleFile) -> list[ImportRef]:
     refs = _CACHE.get(key)
     if refs is None:
         refs = _CACHE[key] = parse_imports(source, module)
@@ -398,11 +444,8 @@ def _metadata_dirs(ctx: PlanContext, removing: dict[str, Rule]) -> Iterable[tupl
 
 
 def _read_text(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.read()
-    except OSError:
-        return None
+    got = _read(path)
+    return got[0].decode("utf-8", errors="replace") if got else None
 
 
 def _entry_modules(ctx: PlanContext, removing: dict[str, Rule]) -> Iterator[tuple[str, str]]:

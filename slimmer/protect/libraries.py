@@ -63,6 +63,8 @@ def _mentions(path: str, needles: list[bytes]) -> bool:
 class LibraryProtector:
     """Keeps every shared library that a kept ELF file needs, directly or through kept libraries."""
 
+    name = "library analysis"
+
     def __init__(self) -> None:
         self.stats: LibraryStats | None = None
 

@@ -22,6 +22,8 @@ def in_metadata(rel: str) -> bool:
 
 
 class MetadataProtector:
+    name = "package metadata"
+
     def protect(self, ctx: PlanContext, removing: dict[str, Rule]) -> dict[str, str]:
         del ctx
         return {

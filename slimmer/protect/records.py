@@ -40,8 +40,8 @@ def record_hash(path: str) -> tuple[str, int]:
     return "sha256=" + base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode(), size
 
 
-def _records(root: Path, plan: Plan) -> Iterator[tuple[str, str]]:
-    """(site-packages folder, RECORD path), both relative to the root."""
+def _records(root: Path, plan: Plan, suffix: str, filename: str) -> Iterator[tuple[str, str]]:
+    """(site-packages folder, path of each `*<suffix>/<filename>`), both relative to the root."""
     for site in plan.layout.site_packages:
         folder = os.path.join(root, site) if site else os.fspath(root)
         try:
@@ -49,9 +49,9 @@ def _records(root: Path, plan: Plan) -> Iterator[tuple[str, str]]:
         except OSError:
             continue
         for name in names:
-            if not name.endswith(METADATA_SUFFIXES[0]):
+            if not name.endswith(suffix):
                 continue
-            rel = f"{site}/{name}/RECORD" if site else f"{name}/RECORD"
+            rel = f"{site}/{name}/{filename}" if site else f"{name}/{filename}"
             path = os.path.join(root, rel)
             if os.path.isfile(path) and not os.path.islink(path) and not os.path.islink(os.path.dirname(path)):
                 yield site, rel
@@ -65,7 +65,7 @@ class RecordRewriter:
     def rewrite(self, plan: Plan, result: ApplyResult, tmp_for: Callable[[str], Path]) -> Iterator[str]:
         root = plan.root
         changed_files = {rel for name, done in result.rewritten.items() if name != self.name for rel, _, _ in done}
-        for site, rel in _records(root, plan):
+        for site, rel in _records(root, plan, METADATA_SUFFIXES[0], "RECORD"):
             try:
                 with open(os.path.join(root, rel), newline="", encoding="utf-8") as fh:
                     text = fh.read()
@@ -98,6 +98,33 @@ class RecordRewriter:
             tmp = tmp_for(rel)
             with open(tmp, "w", newline="", encoding="utf-8") as fh:
                 fh.write(out.getvalue())
+                fh.flush()
+                os.fsync(fh.fileno())
+            yield rel
+        yield from self._installed_files(plan, tmp_for)
+
+    def _installed_files(self, plan: Plan, tmp_for: Callable[[str], Path]) -> Iterator[str]:
+        """The same for an egg-info's `installed-files.txt` (paths relative to the egg-info folder)."""
+        root = plan.root
+        for _site, rel in _records(root, plan, METADATA_SUFFIXES[1], "installed-files.txt"):
+            folder = rel.rpartition("/")[0]
+            try:
+                with open(os.path.join(root, rel), encoding="utf-8") as fh:
+                    lines = fh.read().splitlines()
+            except (OSError, UnicodeDecodeError):
+                continue
+            kept = []
+            for line in lines:
+                target = posixpath.normpath(posixpath.join(folder, line.strip())) if line.strip() else ""
+                inside = target and not target.startswith("../") and not line.strip().startswith("/")
+                if inside and not os.path.lexists(os.path.join(root, target)):
+                    continue
+                kept.append(line)
+            if len(kept) == len(lines):
+                continue
+            tmp = tmp_for(rel)
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write("".join(f"{line}\n" for line in kept))
                 fh.flush()
                 os.fsync(fh.fileno())
             yield rel

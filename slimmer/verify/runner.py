@@ -95,9 +95,13 @@ def discover(
     """The checks for an inventory: imports, extensions, op checks, torch.compile, then `extra`."""
     checks: list[VerifyCheck] = []
     has_torch = False
+    imported: set[str] = set()  # a namespace package (nvidia, say) that many distributions share: once
     for dist in inv["dists"]:
         group = dist["name"]
-        checks.extend(VerifyCheck(CheckKind.IMPORT, m, group, timeout) for m in dist["modules"])
+        for module in dist["modules"]:
+            if module not in imported:
+                imported.add(module)
+                checks.append(VerifyCheck(CheckKind.IMPORT, module, group, timeout))
         checks.extend(VerifyCheck(CheckKind.IMPORT, m, group, skip_reason=why) for m, why in dist["skipped"].items())
         checks.extend(
             VerifyCheck(CheckKind.EXTENSION, f"{e['module']}={e['path']}", group, timeout) for e in dist["extensions"]
