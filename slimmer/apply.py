@@ -52,6 +52,8 @@ class ApplyResult:
     failures: list[tuple[str, str]] = field(default_factory=list)
     rewritten: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)
     skipped: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # rewriter -> [(rel, why)]
+    # rel -> (RECORD hash, size, inode) of the new version a rewriter put in place, for the RECORD rewriter
+    digests: dict[str, tuple[str, int, int]] = field(default_factory=dict)
     committed: bool = False
     undone: bool = False
     seconds: float = 0.0

@@ -6,6 +6,7 @@ else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from typing import TYPE_CHECKING, Any
@@ -76,6 +77,14 @@ def _load(
     if keep:
         ruleset = ruleset.with_keep(keep)
     return root, ruleset
+
+
+def _workers(ruleset: Any) -> contextlib.AbstractContextManager[object]:
+    """One warm worker pool for the whole command when its rules strip ELF files (plan and apply)."""
+    from slimmer.elf.pool import shared_pool
+    from slimmer.rules import Action
+
+    return shared_pool() if any(r.action is Action.STRIP for r in ruleset.rules) else contextlib.nullcontext()
 
 
 def _make_plan(root: Path, ruleset: Any) -> Plan:
@@ -159,21 +168,23 @@ def apply_cmd(
     from slimmer.progress import Progress
     from slimmer.report import apply_to_dict, plan_to_dict, render_apply, render_plan
 
-    plan = _make_plan(*_load(root, rules, keep, force, profile))
-    if dry_run:
-        _emit_json(plan_to_dict(plan, top=top)) if as_json else click.echo(render_plan(plan, top=top))
-        return
-    from slimmer.elf.strip import Stripper
-    from slimmer.protect.records import RecordRewriter
+    root_path, ruleset = _load(root, rules, keep, force, profile)
+    with _workers(ruleset):  # started now: they import LIEF while the plan walks the tree
+        plan = _make_plan(root_path, ruleset)
+        if dry_run:
+            _emit_json(plan_to_dict(plan, top=top)) if as_json else click.echo(render_plan(plan, top=top))
+            return
+        from slimmer.elf.strip import Stripper
+        from slimmer.protect.records import RecordRewriter
 
-    run = apply_plan if verify is None else verify.apply  # --verify: checks before/after, undo on a regression
-    result = run(
-        plan,
-        commit=not no_commit,
-        wait=wait,
-        rewriters=(Stripper(), RecordRewriter()),  # RECORD last: it hashes what the others rewrote
-        progress=Progress.for_terminal("removing"),
-    )
+        run = apply_plan if verify is None else verify.apply  # --verify: checks before/after, undo on a regression
+        result = run(
+            plan,
+            commit=not no_commit,
+            wait=wait,
+            rewriters=(Stripper(), RecordRewriter()),  # RECORD last: it hashes what the others rewrote
+            progress=Progress.for_terminal("removing"),
+        )
     if as_json:
         _emit_json(apply_to_dict(plan, result))
     else:

@@ -19,7 +19,7 @@ from slimmer.walk import Entry, Kind, Tree, walk
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from slimmer.elf.strip import StripDecision
+    from slimmer.elf.strip import Analysis, StripDecision
     from slimmer.rules import Rule, RuleSet
 
 
@@ -191,26 +191,46 @@ def _ancestors(rel: str) -> list[str]:
     return out
 
 
-def _plan_strips(ctx: PlanContext, removing: dict[str, Rule]) -> tuple[StripDecision, ...]:
-    """Decisions for the files that a strip rule selects and no removal takes (reads them with LIEF)."""
+def _strip_rules(ctx: PlanContext) -> dict[str, str]:
+    """{rel: strip rule file:line} of the files that a strip rule selects."""
     from slimmer.rules import Action
 
     if not any(r.action is Action.STRIP for r in ctx.rules.rules):
-        return ()
+        return {}
     strippers = ctx.rules.for_action(Action.STRIP)
     selected: dict[str, str] = {}
     for e in ctx.tree.entries:
-        if e.kind is not Kind.FILE or any(a in removing for a in _ancestors(e.rel)):
+        if e.kind is not Kind.FILE:
             continue
         rel_by_base = {b: r for b, r in ctx.layout.relative(e.rel).items() if r}
         rule = strippers.decide(rel_by_base) if rel_by_base else None
         if rule is not None and not rule.negated:
             selected[e.rel] = rule.where
+    return selected
+
+
+def _not_removed(selected: dict[str, str], removing: dict[str, Rule]) -> dict[str, str]:
+    """The files of `selected` that no removal takes (neither them nor a folder above them)."""
+    return {rel: where for rel, where in selected.items() if not any(a in removing for a in _ancestors(rel))}
+
+
+def _start_strip_analysis(ctx: PlanContext, selected: dict[str, str]) -> Analysis | None:
+    """Start reading the ELF files in `selected` in the background; the protectors that run
+    meanwhile only keep more, so the final selection holds all of them."""
+    if not selected:
+        return None
+    from slimmer.elf.strip import start_analysis
+
+    return start_analysis(ctx, selected)
+
+
+def _plan_strips(ctx: PlanContext, selected: dict[str, str], early: Analysis | None) -> tuple[StripDecision, ...]:
+    """Decisions for the files that a strip rule selects and no removal takes (reads them with LIEF)."""
     if not selected:
         return ()
     from slimmer.elf.strip import plan_strips
 
-    return tuple(plan_strips(ctx, selected))
+    return tuple(plan_strips(ctx, selected, early))
 
 
 def make_plan(
@@ -228,6 +248,8 @@ def make_plan(
     ctx = PlanContext(tree=tree, layout=layout, owners=owners, rules=rules)
 
     removing, negated = _decide_all(tree, layout, rules)
+    strip_rules = _strip_rules(ctx)
+    early = _start_strip_analysis(ctx, _not_removed(strip_rules, removing))
     kept = _kept_by_negation(ctx, removing, negated)
     for protector in protectors:
         for rel, reason in protector.protect(ctx, removing).items():
@@ -305,7 +327,7 @@ def make_plan(
             f"{len(outside_links)} file(s) have hard links outside the root "
             f"(first: {outside_links[0]}): removing them frees no space"
         )
-    strips = _plan_strips(ctx, removing)
+    strips = _plan_strips(ctx, _not_removed(strip_rules, removing), early)
     return Plan(
         root=root,
         rule_names=rules.names,

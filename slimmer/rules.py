@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import pathspec
 from pathspec.patterns.gitignore.spec import GitIgnoreSpecPattern
+from pathspec.util import normalize_file
 
 from slimmer.errors import RuleError
 
@@ -200,6 +201,35 @@ def _parse_file(path: Path, stack: tuple[Path, ...]) -> list[Rule]:
     return rules
 
 
+_DIR_GROUP = "(?P<ps_d>"
+
+
+def _any_match(spec: pathspec.GitIgnoreSpec) -> re.Pattern[str] | None:
+    """One regular expression that matches a path if and only if some pattern of `spec` does.
+
+    It is the alternation of the patterns' own expressions (pathspec matches each with `search`),
+    with their directory-marker group made non-capturing, as the alternation cannot repeat a group
+    name. `check_file` then runs only on a hit, to find the deciding pattern. None when the
+    patterns cannot be combined (flags, another group): `decide` then asks `check_file` always.
+    """
+    parts = []
+    for pattern in spec.patterns:
+        regex = getattr(pattern, "regex", None)
+        if pattern.include is None or regex is None:
+            continue
+        if not isinstance(regex, re.Pattern) or not isinstance(regex.pattern, str):
+            return None
+        if regex.flags & ~re.UNICODE or "(?P<" in regex.pattern.replace(_DIR_GROUP, ""):
+            return None
+        parts.append(f"(?:{regex.pattern.replace(_DIR_GROUP, '(?:')})")
+    if not parts:
+        return re.compile(r"(?!)")  # matches nothing
+    try:
+        return re.compile("|".join(parts))
+    except re.error:
+        return None
+
+
 @dataclass(frozen=True)
 class Decision:
     """The rule line that decides a path, and every line that matched it."""
@@ -223,7 +253,7 @@ class RuleSet:
     rules: tuple[Rule, ...]
     names: tuple[str, ...] = ()
     action: Action = Action.REMOVE
-    _specs: dict[Base, tuple[pathspec.GitIgnoreSpec, tuple[int, ...]]] = field(
+    _specs: dict[Base, tuple[pathspec.GitIgnoreSpec, tuple[int, ...], re.Pattern[str] | None]] = field(
         default_factory=dict, compare=False, repr=False
     )
 
@@ -255,19 +285,22 @@ class RuleSet:
         """The same set without its `!` lines."""
         return RuleSet(rules=tuple(r for r in self.rules if not r.negated), names=self.names, action=self.action)
 
-    def _compiled(self) -> dict[Base, tuple[pathspec.GitIgnoreSpec, tuple[int, ...]]]:
+    def _compiled(self) -> dict[Base, tuple[pathspec.GitIgnoreSpec, tuple[int, ...], re.Pattern[str] | None]]:
         if not self._specs:
             for base in Base:
                 indices = tuple(i for i, r in enumerate(self.rules) if r.base is base and r.action is self.action)
                 spec = pathspec.GitIgnoreSpec.from_lines([self.rules[i].pattern for i in indices])
-                self._specs[base] = (spec, indices)
+                self._specs[base] = (spec, indices, _any_match(spec))
         return self._specs
 
     def decide(self, rel_by_base: Mapping[Base, str]) -> Rule | None:
         """The last rule (in global order) that matches the path, or None."""
         best = -1
+        compiled = self._compiled()
         for base, rel in rel_by_base.items():
-            spec, indices = self._compiled()[base]
+            spec, indices, anything = compiled[base]
+            if anything is not None and anything.search(normalize_file(rel)) is None:
+                continue  # no pattern of this base matches: most paths end here
             index = spec.check_file(rel).index
             if index is not None:
                 best = max(best, indices[index])

@@ -5,18 +5,25 @@ one 1.5 GB library costs more than a thousand small ones. `bounded_map` starts a
 the costs (file sizes) of the tasks in flight stay under a budget; a task larger than the budget
 runs alone. Workers are forked from a small server process (`forkserver`), not from the caller,
 so they do not inherit a large plan.
+
+A command that uses workers more than once (`slimmer apply`: analysis while planning, strip while
+applying) opens one `shared_pool` at its start: its workers start and import LIEF while the caller
+walks the tree, and every `bounded_map` inside reuses them (one map at a time, so the budget holds).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import multiprocessing
 import os
+import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
+    from concurrent.futures import Executor
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -67,6 +74,68 @@ def default_budget(costs: Sequence[int]) -> int:
     return max(max(costs, default=0), FLOOR)
 
 
+def _import_lief() -> None:
+    """Worker initializer: pay for `import lief` once per worker, before the first task."""
+    with contextlib.suppress(ImportError):
+        import lief  # noqa: F401
+
+
+def _nothing() -> None:
+    return None
+
+
+class WorkerPool:
+    """Worker processes that live for a whole command, started at once in the background.
+
+    The workers (forked from the forkserver, so small) import LIEF as they start. Starting them
+    goes through a thread, so the caller never waits for the forkserver. `lock` lets one
+    `bounded_map` at a time use the pool: the memory budget is per map.
+    """
+
+    def __init__(self, jobs: int) -> None:
+        self.jobs = jobs
+        self.lock = threading.Lock()
+        self.executor = ProcessPoolExecutor(
+            max_workers=jobs, mp_context=multiprocessing.get_context("forkserver"), initializer=_import_lief
+        )
+        self._starter = threading.Thread(target=self._start, name="slimmer-pool-start", daemon=True)
+        self._starter.start()
+
+    def _start(self) -> None:
+        # One submit per worker: each finds no idle worker yet and starts one.
+        with contextlib.suppress(Exception):  # a pool that cannot start fails later, where it is used
+            wait([self.executor.submit(_nothing) for _ in range(self.jobs)])
+
+    def close(self) -> None:
+        self._starter.join()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+_shared: WorkerPool | None = None
+
+
+def shared_active() -> bool:
+    """True inside `shared_pool` with workers (more than one job)."""
+    return _shared is not None
+
+
+@contextlib.contextmanager
+def shared_pool(jobs: int | None = None) -> Iterator[WorkerPool | None]:
+    """Start the workers now, for every `bounded_map` (with the same or no `jobs`) until the end of
+    the block. With one job there is no pool: maps run in the calling process, as before."""
+    global _shared  # noqa: PLW0603
+    jobs = jobs or default_jobs()
+    if jobs == 1 or _shared is not None:
+        yield _shared
+        return
+    pool = _shared = WorkerPool(jobs)
+    try:
+        yield pool
+    finally:
+        _shared = None
+        pool.close()
+
+
 def bounded_map(
     fn: Callable[[T], R],
     items: Sequence[T],
@@ -82,17 +151,25 @@ def bounded_map(
     """
     order = sorted(items, key=cost, reverse=True)
     costs = [cost(i) + overhead for i in order]
-    jobs = jobs or default_jobs()
-    if jobs == 1 or len(order) <= 1 or sum(costs) - overhead * len(costs) < SERIAL_BELOW:
+    shared = _shared if _shared is not None and jobs in (None, _shared.jobs) else None
+    jobs = shared.jobs if shared is not None else jobs or default_jobs()
+    small = len(order) <= 1 or sum(costs) - overhead * len(costs) < SERIAL_BELOW
+    if not order or jobs == 1 or (small and shared is None):  # warm workers are cheaper than LIEF here
         for item in order:
             yield item, fn(item)
         return
     budget = budget if budget is not None else default_budget(costs)
-    context = multiprocessing.get_context("forkserver")
     pending = list(zip(order, costs))
     running: dict[Future[R], tuple[T, int]] = {}
     in_flight = 0
-    with ProcessPoolExecutor(max_workers=min(jobs, len(order)), mp_context=context) as pool:
+    if shared is not None:
+        pool_cm: contextlib.AbstractContextManager[Executor] = contextlib.nullcontext(shared.executor)
+        lock: contextlib.AbstractContextManager[object] = shared.lock
+    else:
+        context = multiprocessing.get_context("forkserver")
+        pool_cm = ProcessPoolExecutor(max_workers=min(jobs, len(order)), mp_context=context)
+        lock = contextlib.nullcontext()
+    with lock, pool_cm as pool:
         while pending or running:
             while pending and len(running) < jobs:
                 # The largest pending task that fits; a task over budget waits until nothing runs.

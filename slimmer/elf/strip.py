@@ -19,11 +19,15 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from slimmer.elf import pool as pool_mod
 from slimmer.elf.analyze import ElfReport, analyse, is_elf
 from slimmer.elf.pool import bounded_map, release_memory
+from slimmer.protect.records import record_hash
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -211,24 +215,65 @@ def decide(
     return StripDecision(entry.rel, dist, entry.size, Verdict.STRIP, saving, None, detail, rule, report)
 
 
-def plan_strips(ctx: PlanContext, selected: dict[str, str]) -> list[StripDecision]:
-    """Decisions for the files `selected` ({rel: strip rule file:line}); reads only."""
+class Analysis:
+    """The analysis of ELF files under `root`, running in the shared worker pool while the caller
+    goes on (the plan starts it before its protectors run, on the files a strip rule selects then:
+    protectors only keep more, so those stay selected). `outcomes` waits for it to end."""
+
+    def __init__(self, root: str, rels: Iterable[str], sizes: dict[str, int]) -> None:
+        self.paths = {rel: os.path.join(root, rel) for rel in rels}
+        self._jobs = [_Job(path, sizes[rel]) for rel, path in self.paths.items() if is_elf(path)]
+        self._outcomes: dict[str, _Outcome] = {}
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="slimmer-elf-analysis", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for job, outcome in bounded_map(_analyse_job, self._jobs, cost=lambda j: j.size):
+                self._outcomes[job.path] = outcome
+        except BaseException as exc:  # handed to the caller in `outcomes`
+            self._error = exc
+
+    def outcomes(self) -> dict[str, _Outcome]:
+        """{path: outcome}; raises what the analysis raised."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._outcomes
+
+
+def start_analysis(ctx: PlanContext, rels: Iterable[str]) -> Analysis | None:
+    """Analyse `rels` in the background when a shared worker pool runs (else None: `plan_strips`
+    analyses everything itself, as a background thread would only compete with the caller)."""
+    if not pool_mod.shared_active():
+        return None
+    sizes = {rel: ctx.by_rel[rel].size for rel in rels}
+    return Analysis(os.fspath(ctx.tree.root), sizes, sizes)
+
+
+def plan_strips(ctx: PlanContext, selected: dict[str, str], early: Analysis | None = None) -> list[StripDecision]:
+    """Decisions for the files `selected` ({rel: strip rule file:line}); reads only. `early` is an
+    analysis started before (of some of them): only the others are analysed now."""
     root = os.fspath(ctx.tree.root)
     links = ctx.tree.links_inside()
+    outcomes_by_path = early.outcomes() if early is not None else {}
+    done = early.paths if early is not None else {}
     jobs = []
     for rel in selected:
+        if rel in done:
+            continue
         entry = ctx.by_rel[rel]
         path = os.path.join(root, rel)
         if not is_elf(path):
             continue
         jobs.append(_Job(path, entry.size))
-    outcomes: dict[str, _Outcome] = {}
     for job, outcome in bounded_map(_analyse_job, jobs, cost=lambda j: j.size):
-        outcomes[os.path.relpath(job.path, root)] = outcome
+        outcomes_by_path[job.path] = outcome
     decisions = []
     for rel, rule in selected.items():
         entry = ctx.by_rel[rel]
-        outcome = outcomes.get(rel, _Outcome(None))
+        outcome = outcomes_by_path.get(os.path.join(root, rel), _Outcome(None))
         key = (entry.dev, entry.ino)
         decisions.append(decide(entry, outcome, links_inside=links.get(key, 1), dist=ctx.owners.label(rel), rule=rule))
     return sorted(decisions, key=lambda d: d.rel)
@@ -242,14 +287,14 @@ class _StripJob:
     before: ElfReport
 
 
-def _strip_job(job: _StripJob) -> tuple[str | None, int]:
-    """Strip `src` into `tmp` and check it: (why not, new size); deletes `tmp` when it fails."""
+def _strip_job(job: _StripJob) -> str | None:
+    """Strip `src` into `tmp` and check it: None, or why not (and `tmp` is deleted)."""
     try:
         st = os.lstat(job.src)
     except OSError as exc:
-        return f"cannot read: {exc.strerror}", 0
+        return f"cannot read: {exc.strerror}"
     if not stat.S_ISREG(st.st_mode) or st.st_size != job.size:
-        return "changed since the plan", 0
+        return "changed since the plan"
     why = run_strip(job.src, job.tmp)
     if why is None:
         after = analyse(job.tmp)
@@ -257,10 +302,10 @@ def _strip_job(job: _StripJob) -> tuple[str | None, int]:
         if why is None and after is not None:
             if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
                 os.chown(job.tmp, st.st_uid, st.st_gid)  # keep the owner; apply restores the mode after
-            return None, after.size
+            return None
     with contextlib.suppress(OSError):
         os.unlink(job.tmp)
-    return why, 0
+    return why
 
 
 class Stripper:
@@ -284,8 +329,27 @@ class Stripper:
                 continue
             work.append(_StripJob(src, os.fspath(tmp_for(d.rel)), d.size, d.report))
         rel_of = {job.src: os.path.relpath(job.src, plan.root) for job in work}
-        for job, (why, _size) in bounded_map(_strip_job, work, cost=lambda j: j.size, jobs=self.jobs):
-            if why is None:
-                yield rel_of[job.src]
-            else:
-                skipped.append((rel_of[job.src], why))
+        # The RECORD rewriter needs the sha256 of each new file: a thread here takes it while the
+        # workers strip the next files (the file is in the page cache). It reads through a
+        # descriptor opened before the rename into place; the inode tells RECORD it is that file.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimmer-hash") as hasher:
+            hashes: dict[str, Future[tuple[str, int, int]]] = {}
+            for job, why in bounded_map(_strip_job, work, cost=lambda j: j.size, jobs=self.jobs):
+                rel = rel_of[job.src]
+                if why is not None:
+                    skipped.append((rel, why))
+                    continue
+                with contextlib.suppress(OSError):
+                    fd = os.open(job.tmp, os.O_RDONLY | os.O_NOFOLLOW)
+                    hashes[rel] = hasher.submit(_hash_fd, fd)
+                yield rel
+            for rel, future in hashes.items():
+                with contextlib.suppress(OSError):
+                    result.digests[rel] = future.result()
+
+
+def _hash_fd(fd: int) -> tuple[str, int, int]:
+    """(RECORD hash, size, inode) of an open file; closes it."""
+    with os.fdopen(fd, "rb") as fh:
+        digest, size = record_hash(fh)
+        return digest, size, os.fstat(fh.fileno()).st_ino

@@ -93,7 +93,9 @@ def render_dockerfile(
     for ext in cfg.extensions:
         out += _extension_step(cfg, ext, links, run_build, arch, cwd)
     rules = " ".join(f"--rules {shlex.quote(r)}" for r in cfg.rules)
-    verify = " --verify" + cfg.check_args() if apply_verify else ""
+    verify = ""
+    if apply_verify:
+        verify = " --verify" + cfg.check_args() + ("" if cfg.compile_check else " --no-compile-check")
     if slimmer_requirement.endswith(".whl"):
         out.append(f"COPY {_context_path(slimmer_requirement, cwd)} /tmp/")
         slimmer_requirement = f"/tmp/{Path(slimmer_requirement).name}"

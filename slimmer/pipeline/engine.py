@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import socket
 import tarfile
 import time
 from collections import deque
@@ -36,12 +37,28 @@ def connect(timeout: float = 600) -> Any:
     except ImportError as exc:  # pragma: no cover - docker is a dependency
         raise EngineError("the 'docker' Python package is missing: pip install docker") from exc
     where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    if where.startswith("unix://") and not _unix_socket_answers(where[len("unix://") :]):
+        # Checked here first: docker-py leaks its socket when the connect in its constructor fails.
+        raise EngineError(f"no Docker engine answers at {where}: {START_HINT}")
+    client = None
     try:
         client = docker.from_env(timeout=int(timeout))
         client.ping()
     except DockerException as exc:
+        if client is not None:
+            client.close()
         raise EngineError(f"no Docker engine answers at {where}: {START_HINT}") from exc
     return client
+
+
+def _unix_socket_answers(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        try:
+            sock.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 def engine_resources(client: Any) -> tuple[int, int]:

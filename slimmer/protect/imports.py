@@ -11,9 +11,13 @@ Some modules are imported by the user rather than by other modules: the top-leve
 installed distribution (`top_level.txt`, else its RECORD) and the targets of its entry points.
 Those stay while the distribution's metadata stays (`import functorch` keeps working).
 
-Only kept files whose import lines mention the last name of a removed module are parsed, and
-parsed imports are cached by path, size and mtime, so a 5 GB environment takes a few seconds.
-Reads only.
+Not every kept file is parsed: two text filters on its import lines come first (does a line
+name the last part of a removed module, with its parent package or through a relative import;
+do the imports that regular expressions read there resolve to a removed module), and only files
+that pass both go through `ast`. Parsed imports are cached by path, size and mtime. On torch
+2.13 with the seed recipe's rules: 4,261 files read, 67 parsed, 62 kept, 3-4 s. Optional imports
+(inside `try: ... except ImportError`) count as imports: what they name stays. Symlinks are
+never read. Reads only.
 """
 
 from __future__ import annotations
@@ -57,8 +61,8 @@ class ImportStats:
     """What one analysis cost, for the plan's figures."""
 
     removed_modules: int
-    importers: int  # kept module files that could import a removed module
-    scanned: int  # files read for the text pre-filter
+    importers: int  # kept .py files, each of which could import a removed module
+    scanned: int  # files read for the text filters (importers and newly kept modules)
     parsed: int
     kept: int
     seconds: float
@@ -224,15 +228,45 @@ class ImportText:
 _RELATIVE = re.compile(rb"\bfrom\s+\.")
 
 
+_WORD_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+def _import_hints(source: bytes) -> Iterator[int]:
+    """Where `_IMPORT_HINT` matches, as the offset of its `import`: the same lines, found about ten
+    times faster by looking for the literal `import` (fast) and checking the word boundaries here."""
+    n = len(source)
+
+    def edge(i: int) -> bool:  # `\b` at i: a word byte on exactly one side
+        before = i > 0 and source[i - 1] in _WORD_BYTES
+        return before != (i < n and source[i] in _WORD_BYTES)
+
+    i = source.find(b"import")
+    while i >= 0:
+        after = i + 6
+        if (
+            (edge(i) and edge(after))  # import
+            or (edge(i) and source.startswith(b"_module", after) and edge(after + 7))  # import_module
+            or (
+                i >= 2
+                and source.startswith(b"__", i - 2)
+                and source.startswith(b"__", after)
+                and edge(i - 2)
+                and edge(after + 2)
+            )  # __import__
+        ):
+            yield i
+        i = source.find(b"import", after)
+
+
 def import_text(source: bytes) -> ImportText:
     """A cheap superset of what the file's imports can name, without parsing it."""
     segments: list[bytes] = []
     end = 0
-    for m in _IMPORT_HINT.finditer(source):
-        if m.start() < end:
+    for hit in _import_hints(source):
+        if hit < end:
             continue
-        start = source.rfind(b"\n", 0, m.start()) + 1
-        end = source.find(b"\n", m.end())
+        start = source.rfind(b"\n", 0, hit) + 1
+        end = source.find(b"\n", hit + 6)
         end = len(source) if end < 0 else end
         depth = source.count(b"(", start, end) - source.count(b")", start, end)
         while end < len(source) and (depth > 0 or source[start:end].rstrip().endswith(b"\\")):

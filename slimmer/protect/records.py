@@ -24,19 +24,25 @@ from slimmer.dists import METADATA_SUFFIXES
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
+    from typing import BinaryIO
 
     from slimmer.apply import ApplyResult
     from slimmer.plan import Plan
 
 
-def record_hash(path: str) -> tuple[str, int]:
-    """The RECORD hash (`sha256=<urlsafe base64, no padding>`) and size of a file."""
+def record_hash(file: str | BinaryIO) -> tuple[str, int]:
+    """The RECORD hash (`sha256=<urlsafe base64, no padding>`) and size of a file (a path, or a
+    binary file object read from where it stands to its end)."""
+    if isinstance(file, str):
+        with open(file, "rb") as fh:
+            return record_hash(fh)
     digest = hashlib.sha256()
     size = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
+    buffer = bytearray(1 << 20)
+    view = memoryview(buffer)
+    while n := file.readinto(view):  # type: ignore[attr-defined]
+        digest.update(view[:n])  # releases the GIL: another thread can hash meanwhile
+        size += n
     return "sha256=" + base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode(), size
 
 
@@ -55,6 +61,20 @@ def _records(root: Path, plan: Plan, suffix: str, filename: str) -> Iterator[tup
             path = os.path.join(root, rel)
             if os.path.isfile(path) and not os.path.islink(path) and not os.path.islink(os.path.dirname(path)):
                 yield site, rel
+
+
+def _known_hash(result: ApplyResult, root: Path, rel: str) -> tuple[str, int] | None:
+    """The hash that the rewriter of `rel` took of its new version (the strip workers hash what they
+    just wrote), if that version (same inode and size) is still in place; else None: read it again."""
+    known = result.digests.get(rel)
+    if known is None:
+        return None
+    try:
+        st = os.lstat(os.path.join(root, rel))
+    except OSError:
+        return None
+    digest, size, ino = known
+    return (digest, size) if (st.st_size, st.st_ino) == (size, ino) else None
 
 
 class RecordRewriter:
@@ -86,7 +106,7 @@ class RecordRewriter:
                     continue
                 new_row = row
                 if target in changed_files and len(row) >= 3:
-                    digest, size = record_hash(os.path.join(root, target))
+                    digest, size = _known_hash(result, root, target) or record_hash(os.path.join(root, target))
                     if [digest, str(size)] != row[1:3]:
                         new_row = [row[0], digest, str(size), *row[3:]]
                         changed = True
