@@ -283,15 +283,11 @@ def main(argv: Sequence[str] | None = None, *, command: Callable[..., Any] = cli
 def entrypoint() -> None:
     sys.exit(main(sys.argv[1:]))
 
-from slimmer.commands.pipeline import build_and_slim_cmd, dockerfile_cmd, image_cmd  # noqa: E402
 
-cli.add_command(build_and_slim_cmd)
-cli.add_command(dockerfile_cmd)
-cli.add_command(image_cmd)
+# Commands that live in modules of their own (slimmer/commands/); they import lief and docker lazily.
 from slimmer.commands.elf import elf_cmd  # noqa: E402
-
-cli.add_command(elf_cmd)
+from slimmer.commands.pipeline import build_and_slim_cmd, dockerfile_cmd, image_cmd  # noqa: E402
 from slimmer.commands.verify import doctor_cmd, verify_cmd  # noqa: E402
 
-cli.add_command(verify_cmd)
-cli.add_command(doctor_cmd)
+for _command in (verify_cmd, doctor_cmd, elf_cmd, build_and_slim_cmd, dockerfile_cmd, image_cmd):
+    cli.add_command(_command)
