@@ -13,7 +13,6 @@ bytes contain the name of a removed library (as DT_NEEDED strings are stored) ar
 
 from __future__ import annotations
 
-import mmap
 import os
 import posixpath
 import re
@@ -46,19 +45,26 @@ def is_shared_library(rel: str) -> bool:
     return _SHARED.search(rel.rpartition("/")[2]) is not None
 
 
-def _mentions(path: str, needles: re.Pattern[bytes]) -> bool:
+_CHUNK = 8 << 20  # read in pieces: a mapped 500 MB library would count fully in this process's memory
+
+
+def _mentions(path: str, needles: re.Pattern[bytes], longest: int) -> bool:
     """Whether an ELF file's bytes contain one of `needles` (DT_NEEDED strings end with NUL).
 
-    One pass over the file whatever the number of names (5 GB of libraries: a few seconds)."""
+    One pass over the file whatever the number of names (5 GB of libraries: a few seconds), in
+    chunks that overlap by the longest needle, so memory stays small whatever the file size."""
     try:
         with open(path, "rb") as fh:
-            if os.fstat(fh.fileno()).st_size == 0:
+            if fh.read(4) != b"\x7fELF":
                 return False
-            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                if data[:4] != b"\x7fELF":
-                    return False
-                return needles.search(data) is not None
-    except (OSError, ValueError):
+            tail = b""
+            while block := fh.read(_CHUNK):
+                data = tail + block
+                if needles.search(data) is not None:
+                    return True
+                tail = data[-longest:]
+            return False
+    except OSError:
         return False
 
 
@@ -96,8 +102,10 @@ class LibraryProtector:
             ):
                 names.add(e.rel.rpartition("/")[2])
         if len(names) <= MAX_NAMES_FOR_PREFILTER:
-            needles = re.compile(b"|".join(re.escape(n.encode() + b"\0") for n in sorted(names)))
-            todo = [rel for rel in candidates if _mentions(os.path.join(root, rel), needles)]
+            encoded = sorted(n.encode() + b"\0" for n in names)
+            needles = re.compile(b"|".join(re.escape(n) for n in encoded))
+            longest = max(len(n) for n in encoded)
+            todo = [rel for rel in candidates if _mentions(os.path.join(root, rel), needles, longest)]
         else:
             todo = candidates
         keep: dict[str, str] = {}
