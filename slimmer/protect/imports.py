@@ -187,12 +187,7 @@ def parse_imports(source: bytes, module: ModuleFile) -> list[ImportRef]:
                 children = getattr(node, field, None)
                 if children:
                     stack.extend(children)
-    for match in _DYNAMIC.finditer(source):
-        name = match[1].decode()
-        dots = len(name) - len(name.lstrip("."))
-        resolved = _absolute(module, dots, name[dots:] or None) if dots else name
-        if resolved:
-            refs.append(ImportRef(resolved))
+    refs.extend(_dynamic_refs(module, source))
     return refs
 
 
@@ -340,7 +335,14 @@ def text_imports(found: ImportText, module: ModuleFile) -> list[ImportRef]:
             refs.append(ImportRef(base, tuple(w.decode() for w in _WORD.findall(m[3]))))
     for m in _LIGHT_IMPORT.finditer(text):
         refs.extend(ImportRef(w.decode()) for w in re.findall(rb"[\w.]+", m[1]) if w != b"as")
-    for m in _DYNAMIC.finditer(text):
+    refs.extend(_dynamic_refs(module, text))
+    return refs
+
+
+def _dynamic_refs(module: ModuleFile, source: bytes) -> list[ImportRef]:
+    """`importlib.import_module("literal")` and `__import__("literal")`, relative ones resolved."""
+    refs: list[ImportRef] = []
+    for m in _DYNAMIC.finditer(source):
         name = m[1].decode()
         dots = len(name) - len(name.lstrip("."))
         resolved = _absolute(module, dots, name[dots:] or None) if dots else name
