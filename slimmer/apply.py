@@ -87,7 +87,7 @@ class _Mover:
         if parent and parent not in self._made:
             os.makedirs(self.staged / parent, exist_ok=True)
             self._made.add(parent)
-        _rename(os.fspath(self.root / rel), os.fspath(self.staged / rel))
+        _move(os.fspath(self.root / rel), os.fspath(self.staged / rel))
 
     def restore(self, rel: str) -> None:
         parent = rel.rpartition("/")[0]
@@ -96,7 +96,7 @@ class _Mover:
         if not self._real_folder(parent):
             msg = f"{parent} is not a real folder under the root"
             raise OSError(msg)
-        _replace(os.fspath(self.staged / rel), os.fspath(self.root / rel))
+        _move(os.fspath(self.staged / rel), os.fspath(self.root / rel))
 
     def swap(self, rel: str, new: Path) -> tuple[int, int]:
         """Stage the original of `rel` and put `new` in its place: (old size, new size)."""
@@ -111,40 +111,26 @@ class _Mover:
         return st.st_size, os.lstat(path).st_size
 
 
-def _rename(src: str, dst: str) -> None:
-    """os.rename; a folder that overlayfs refuses to rename (EXDEV: it comes from a lower layer of a
-    container image, as in a Dockerfile RUN) is moved entry by entry instead: files rename fine there."""
+def _move(src: str, dst: str) -> None:
+    """os.rename, both ways between the root and the staging folder. A folder that cannot move in
+    one rename is moved entry by entry, merged into a `dst` folder that already exists: overlayfs
+    refuses to rename a folder of a lower image layer (EXDEV, as in a Dockerfile RUN), and a run
+    killed half-way through such a folder leaves part of it on each side."""
     try:
         os.rename(src, dst)
     except OSError as exc:
-        if exc.errno != errno.EXDEV or os.path.islink(src) or not os.path.isdir(src):
-            raise
-        mode = stat.S_IMODE(os.lstat(src).st_mode)
-        with contextlib.suppress(FileExistsError):  # a run killed half-way through this folder
-            os.mkdir(dst, 0o700)
-        with os.scandir(src) as entries:
-            for entry in list(entries):
-                _rename(entry.path, os.path.join(dst, entry.name))
-        os.rmdir(src)
-        os.chmod(dst, mode)
-
-
-def _replace(src: str, dst: str) -> None:
-    """os.replace; merges SRC into a folder DST that a half-done entry-by-entry move left behind."""
-    try:
-        os.replace(src, dst)
-    except OSError as exc:
-        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EXDEV) or os.path.islink(src):
+        if exc.errno not in (errno.EXDEV, errno.ENOTEMPTY, errno.EEXIST) or os.path.islink(src):
             raise
         if not os.path.isdir(src) or os.path.islink(dst) or (os.path.lexists(dst) and not os.path.isdir(dst)):
             raise
-        if not os.path.lexists(dst):
+        mode = stat.S_IMODE(os.lstat(src).st_mode)
+        with contextlib.suppress(FileExistsError):
             os.mkdir(dst, 0o700)
         with os.scandir(src) as entries:
             for entry in list(entries):
-                _replace(entry.path, os.path.join(dst, entry.name))
-        os.chmod(dst, stat.S_IMODE(os.lstat(src).st_mode))
+                _move(entry.path, os.path.join(dst, entry.name))
         os.rmdir(src)
+        os.chmod(dst, mode)
 
 
 def apply_plan(

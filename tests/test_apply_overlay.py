@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from slimmer.apply import _rename, apply_plan, undo
+from slimmer.apply import _move, apply_plan, undo
 from slimmer.plan import make_plan
 from slimmer.rules import RuleSet
 from tests.helpers import make_tree, snapshot
@@ -83,7 +83,7 @@ def test_rename_falls_back_to_entry_by_entry_when_the_folder_cannot_move(
         real_rename(a, b)
 
     monkeypatch.setattr(os, "rename", no_folder_renames)
-    _rename(str(src / "a"), str(tmp_path / "staged"))
+    _move(str(src / "a"), str(tmp_path / "staged"))
     monkeypatch.undo()
     assert not (src / "a").exists()
     staged = tmp_path / "staged"
