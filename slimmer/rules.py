@@ -26,7 +26,7 @@ import enum
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import pathspec
 from pathspec.patterns.gitignore.spec import GitIgnoreSpecPattern
@@ -130,6 +130,19 @@ def _check_pattern(pattern: str, where: str) -> None:
         raise RuleError(msg)
 
 
+_E = TypeVar("_E", bound=enum.Enum)
+
+
+def _choice(kind: type[_E], arg: str, problem: str) -> _E:
+    """The member of `kind` named `arg`, or a RuleError that says `problem` and lists the choices."""
+    try:
+        return kind(arg)
+    except ValueError:
+        choices = ", ".join(member.value for member in kind)
+        msg = f"{problem}: use one of {choices}"
+        raise RuleError(msg) from None
+
+
 def _parse_file(path: Path, stack: tuple[Path, ...]) -> list[Rule]:
     real = path.resolve()
     if real in stack:
@@ -153,12 +166,7 @@ def _parse_file(path: Path, stack: tuple[Path, ...]) -> list[Rule]:
         if directive:
             name, arg = directive["name"], directive["arg"]
             if name == "relative-to":
-                try:
-                    base = Base(arg)
-                except ValueError:
-                    choices = ", ".join(b.value for b in Base)
-                    msg = f"{where}: unknown base '{arg}' for @relative-to: use one of {choices}"
-                    raise RuleError(msg) from None
+                base = _choice(Base, arg, f"{where}: unknown base '{arg}' for @relative-to")
             elif name == "include":
                 if not arg:
                     msg = f"{where}: @include needs a rule name or path"
@@ -170,12 +178,7 @@ def _parse_file(path: Path, stack: tuple[Path, ...]) -> list[Rule]:
                     raise RuleError(msg) from None
                 rules.extend(_parse_file(included, (*stack, real)))
             elif name == "action":
-                try:
-                    action = Action(arg)
-                except ValueError:
-                    choices = ", ".join(a.value for a in Action)
-                    msg = f"{where}: unknown action '{arg}' for @action: use one of {choices}"
-                    raise RuleError(msg) from None
+                action = _choice(Action, arg, f"{where}: unknown action '{arg}' for @action")
             elif name == "breaks":
                 breaks = arg
             elif name != "description":
