@@ -55,7 +55,8 @@ def is_runtime(profile: object) -> bool:
 
 
 def user_checks(snippets, commands, config, timeout):  # noqa: ANN001, ANN201
-    from slimmer.verify.config import cli_checks, find_config, load_checks
+    from slimmer.config_file import find_config
+    from slimmer.verify.config import cli_checks, load_checks
 
     path = config if config is not None else find_config(Path.cwd())
     return load_checks(path) + cli_checks(snippets, commands, timeout)

@@ -10,11 +10,11 @@ import dataclasses
 import os
 import re
 import shlex
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slimmer.config_file import find_config, load_toml, read_section
 from slimmer.errors import UsageError
 
 PYG_NAMES = frozenset({"torch_scatter", "torch_sparse", "torch_cluster", "torch_spline_conv", "pyg_lib"})
@@ -54,7 +54,7 @@ def _local_name(path: Path) -> str:
     """The project name from pyproject.toml or setup.py, else the folder name."""
     pyproject = path / "pyproject.toml"
     if pyproject.is_file():
-        name = _load_toml(pyproject).get("project", {}).get("name")
+        name = load_toml(pyproject).get("project", {}).get("name")
         if isinstance(name, str):
             return normalise(name)
     setup = path / "setup.py"
@@ -126,43 +126,6 @@ _PATHS = {"wheelhouse", "ccache_dir", "log_dir"}
 KEYS = tuple(f.name for f in dataclasses.fields(PipelineConfig))
 
 
-def _load_toml(path: Path) -> dict[str, Any]:
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - Python < 3.11
-        try:
-            import tomli as tomllib
-        except ImportError as exc:
-            raise UsageError(f"reading {path} needs Python 3.11 or the 'tomli' package") from exc
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise UsageError(f"{path}: {exc}") from exc
-
-
-def find_config_file(start: Path) -> Path | None:
-    """slimmer.toml, else a pyproject.toml with [tool.slimmer], in START."""
-    for name in ("slimmer.toml", "pyproject.toml"):
-        candidate = start / name
-        if candidate.is_file():
-            data = _load_toml(candidate)
-            if name == "slimmer.toml" or "slimmer" in data.get("tool", {}):
-                return candidate
-    return None
-
-
-def read_config_file(path: Path) -> dict[str, Any]:
-    data = _load_toml(path)
-    if path.name == "pyproject.toml":
-        data = data.get("tool", {}).get("slimmer", {})
-    elif "tool" in data and "slimmer" in data["tool"]:
-        data = data["tool"]["slimmer"]
-    if not isinstance(data, dict):
-        raise UsageError(f"{path}: [tool.slimmer] must be a table")
-    return data
-
-
 def make_config(values: dict[str, Any], *, base: Path, origin: str = "option") -> PipelineConfig:
     """Validate raw VALUES (from a file or the command line) into a PipelineConfig."""
     kwargs: dict[str, Any] = {}
@@ -178,12 +141,12 @@ def load_config(
     config_file: Path | None, overrides: dict[str, Any], *, cwd: Path
 ) -> tuple[PipelineConfig, Path | None]:
     """The file's values (CONFIG_FILE, or the one found in CWD) overridden by OVERRIDES (None = not given)."""
-    path = config_file or find_config_file(cwd)
+    path = config_file or find_config(cwd)
     merged: dict[str, Any] = {}
     if path is not None:
         if not path.is_file():
             raise UsageError(f"config file {path} does not exist")
-        file_values = read_config_file(path)
+        file_values = read_section(path)
         make_config(file_values, base=path.parent, origin=str(path))  # report bad keys with the file's name
         merged.update({k.replace("-", "_"): v for k, v in file_values.items()})
     base = path.parent if path is not None else cwd

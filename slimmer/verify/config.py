@@ -12,9 +12,9 @@ Reads files only.
 
 from __future__ import annotations
 
-import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from slimmer.config_file import read_section
 from slimmer.errors import UsageError
 from slimmer.verify.checks import CheckKind, VerifyCheck
 from slimmer.verify.runner import DEFAULT_TIMEOUT
@@ -22,31 +22,6 @@ from slimmer.verify.runner import DEFAULT_TIMEOUT
 if TYPE_CHECKING:
     from collections.abc import Iterable
     from pathlib import Path
-
-CONFIG_NAMES = ("slimmer.toml", "pyproject.toml")
-
-
-def _toml(path: Path) -> dict[str, Any]:
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - depends on the interpreter
-        try:
-            import tomli as tomllib
-        except ImportError:
-            msg = f"{path}: reading TOML needs Python 3.11 or the 'tomli' package"
-            raise UsageError(msg) from None
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        msg = f"{path}: cannot read: {exc}"
-        raise UsageError(msg) from None
-
-
-def _section(path: Path, data: dict[str, Any]) -> dict[str, Any]:
-    section = data.get("tool", {}).get("slimmer")
-    if section is None and path.name == "slimmer.toml":
-        section = data
-    return section if isinstance(section, dict) else {}
 
 
 def _check(path: Path, index: int, item: object) -> VerifyCheck:
@@ -66,15 +41,6 @@ def _check(path: Path, index: int, item: object) -> VerifyCheck:
     raise UsageError(msg)
 
 
-def find_config(start: Path) -> Path | None:
-    """The first slimmer.toml or pyproject.toml (with a [tool.slimmer] table) in `start`."""
-    for name in CONFIG_NAMES:
-        path = start / name
-        if path.is_file() and (name == "slimmer.toml" or _section(path, _toml(path))):
-            return path
-    return None
-
-
 def load_checks(config: Path | None) -> list[VerifyCheck]:
     """The `checks` of a config file (none if `config` is None)."""
     if config is None:
@@ -82,7 +48,7 @@ def load_checks(config: Path | None) -> list[VerifyCheck]:
     if not config.is_file():
         msg = f"--config {config}: no such file"
         raise UsageError(msg)
-    items = _section(config, _toml(config)).get("checks", [])
+    items = read_section(config).get("checks", [])
     if not isinstance(items, list):
         msg = f"{config}: 'checks' must be a list"
         raise UsageError(msg)
