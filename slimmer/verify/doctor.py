@@ -11,7 +11,6 @@ Reads the environment and the log; runs the compiler once on a one-line file; ch
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -20,8 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from slimmer.errors import UsageError
-from slimmer.verify.runner import MARK, PROBES
+from slimmer.verify.runner import probe_report
 
 BREAKS_COMPILE = "torch.compile (Inductor's C++ kernels) and torch.utils.cpp_extension.load"
 BREAKS_TRITON = "torch.compile on the GPU (Triton builds its launcher with these headers)"
@@ -131,17 +129,7 @@ def nvcc_fix(distro: Distro, cuda: str, *, conda_prefix: str | None = None) -> s
 
 
 def _toolchain(python: Path) -> dict:
-    argv = [str(python), "-I", "-B", str(PROBES / "toolchain.py")]
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        msg = f"cannot run {python}: {exc}"
-        raise UsageError(msg) from None
-    for line in proc.stdout.splitlines():
-        if line.startswith(MARK):
-            return json.loads(line[len(MARK) :])
-    msg = f"{python} did not report its toolchain: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}"
-    raise UsageError(msg)
+    return probe_report(python, "toolchain.py", "did not report its toolchain")
 
 
 def _conda_prefix(info: dict) -> str | None:

@@ -69,9 +69,10 @@ def _environ(root: Path, scratch: Path) -> dict[str, str]:
     return env
 
 
-def inventory(python: Path, *, timeout: float = 60.0) -> dict:
-    """What the environment holds, as its interpreter sees it (see probes/inventory.py)."""
-    argv = [str(python), "-I", "-B", str(PROBES / "inventory.py")]
+def probe_report(python: Path, probe: str, what: str, *, timeout: float = 60.0) -> dict:
+    """Run `probes/<probe>` with the environment's interpreter and return the JSON it reports;
+    a one-line UsageError saying it cannot `what` when the interpreter does not answer."""
+    argv = [str(python), "-I", "-B", str(PROBES / probe)]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -81,8 +82,13 @@ def inventory(python: Path, *, timeout: float = 60.0) -> dict:
         if line.startswith(MARK):
             return json.loads(line[len(MARK) :])
     last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    msg = f"{python} cannot list its distributions: {last}"
+    msg = f"{python} {what}: {last}"
     raise UsageError(msg)
+
+
+def inventory(python: Path, *, timeout: float = 60.0) -> dict:
+    """What the environment holds, as its interpreter sees it (see probes/inventory.py)."""
+    return probe_report(python, "inventory.py", "cannot list its distributions", timeout=timeout)
 
 
 def discover(
