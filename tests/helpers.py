@@ -61,3 +61,14 @@ def run_smoke(env: Path) -> subprocess.CompletedProcess[str]:
         timeout=600,
         check=False,
     )
+
+
+def run_pip(env: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """`pip ARGS` with the environment's own interpreter."""
+    return subprocess.run(
+        [str(env / "bin/python"), "-m", "pip", "--disable-pip-version-check", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )

@@ -23,7 +23,7 @@ from slimmer.protect import default_protectors
 from slimmer.protect.imports import ImportProtector, ModuleFile, import_text, parse_imports
 from slimmer.protect.libraries import LibraryProtector
 from slimmer.rules import RuleSet
-from tests.helpers import make_tree
+from tests.helpers import make_tree, run_pip
 
 SP = "lib/python3.11/site-packages"
 
@@ -233,22 +233,12 @@ def _wheel(dest: Path) -> Path:
     return path
 
 
-def _pip(venv: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(venv / "bin/python"), "-m", "pip", "--disable-pip-version-check", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-
-
 @pytest.mark.slow
 def test_pip_agrees_with_the_disk_after_apply(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     wheel = _wheel(tmp_path)
-    proc = _pip(venv, "install", "--no-index", "--no-deps", str(wheel))
+    proc = run_pip(venv, "install", "--no-index", "--no-deps", str(wheel), timeout=300)
     assert proc.returncode == 0, proc.stderr
     site = next(venv.glob("lib/python3*/site-packages"))
     record = site / "demo-1.0.dist-info/RECORD"
@@ -268,9 +258,9 @@ def test_pip_agrees_with_the_disk_after_apply(tmp_path):
     check = "import demo, importlib.metadata as m; assert demo.run() == 42; "
     check += "assert all(f.locate().exists() for f in m.files('demo')), [f for f in m.files('demo')]"
     assert subprocess.run([py, "-c", check], capture_output=True, text=True, check=False).returncode == 0
-    proc = _pip(venv, "check")
+    proc = run_pip(venv, "check", timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    proc = _pip(venv, "show", "-f", "demo")
+    proc = run_pip(venv, "show", "-f", "demo", timeout=300)
     assert "demo/testing/helpers.py" in proc.stdout
     assert "test_big.py" not in proc.stdout
 
@@ -280,7 +270,7 @@ def test_pip_agrees_with_the_disk_after_apply(tmp_path):
     assert (site / "demo/testing/test_big.py").is_file()
 
     assert main(["apply", "--rules", str(rules), str(venv)]) == 0
-    proc = _pip(venv, "uninstall", "-y", "demo")
+    proc = run_pip(venv, "uninstall", "-y", "demo", timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not (site / "demo").exists()
     assert not (site / "demo-1.0.dist-info").exists()

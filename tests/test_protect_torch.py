@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from slimmer.cli import main
-from tests.helpers import REPO, run_smoke
+from tests.helpers import REPO, run_pip, run_smoke
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -66,16 +66,6 @@ def _record_problems(site: Path) -> list[str]:
     return problems
 
 
-def _pip(env: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(env / "bin/python"), "-m", "pip", "--disable-pip-version-check", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
-
-
 def _apply_json(env: Path, capsys: pytest.CaptureFixture[str], *args: str) -> dict:
     assert main(["apply", "--json", "--rules", "default", "--rules", "seed-recipe", *args, str(env)]) == 0
     return json.loads(capsys.readouterr().out)
@@ -100,12 +90,12 @@ def test_seed_rules_default_profile_keeps_torch_working(torch_copy, capsys):
     assert proc.stdout.count("ok ") == 4
 
     assert _record_problems(site) == []
-    proc = _pip(torch_copy, "check")
+    proc = run_pip(torch_copy, "check")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    proc = _pip(torch_copy, "show", "-f", "torch")
+    proc = run_pip(torch_copy, "show", "-f", "torch")
     assert "torch/testing/_internal/logging_tensor.py" in proc.stdout
     assert "torch/testing/_internal/common_nn.py" not in proc.stdout
-    proc = _pip(torch_copy, "uninstall", "-y", "torch")
+    proc = run_pip(torch_copy, "uninstall", "-y", "torch")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not list(site.glob("torch-*.dist-info"))
     assert not (site / "torch/__init__.py").exists()
@@ -129,7 +119,7 @@ def test_runtime_profile_reports_compile_and_beats_the_seed_recipe(torch_env, to
     proc = run_smoke(torch_copy)
     lines = proc.stdout.splitlines()
     assert [ln.split()[0] for ln in lines if ln.startswith(("ok", "FAIL"))] == ["ok", "ok", "ok", "FAIL"], proc.stdout
-    assert _pip(torch_copy, "check").returncode == 0
+    assert run_pip(torch_copy, "check").returncode == 0
     assert _record_problems(site) == []
 
     if not SEED_SCRIPT.is_file():
