@@ -49,9 +49,9 @@ def check_options(func):  # noqa: ANN001, ANN201 - a click decorator
     )(func)
 
 
-def is_runtime(profile: object) -> bool:
-    """Whether a profile (a name or an enum of the protect module) drops run-time compilation."""
-    return str(getattr(profile, "value", profile) or "").lower() == "runtime"
+def is_runtime(profile: str | None) -> bool:
+    """Whether the profile drops run-time compilation (so there is no torch.compile to check)."""
+    return (profile or "").lower() == "runtime"
 
 
 def user_checks(snippets, commands, config, timeout):  # noqa: ANN001, ANN201
@@ -265,7 +265,7 @@ def apply_verify_options(func: Callable[..., Any]) -> Callable[..., Any]:
         bisect_seconds: float,
         **kwargs: Any,
     ) -> Any:
-        # `apply --profile runtime` (when the protect module adds it) keeps no run-time compilation.
+        # `apply --profile runtime` keeps no run-time compilation.
         compile_check = not (no_compile_check or is_runtime(kwargs.get("profile")))
         options = VerifyOptions(python, snippets, commands, config, check_timeout, compile_check, bisect_seconds)
         return func(*args, verify=options if verify else None, **kwargs)
