@@ -186,7 +186,7 @@ def _run(client: Any, cfg: PipelineConfig, *, stream: Any, log_path: Path | None
                 repo = cfg.tag.rsplit(":", 1)[0] if ":" in cfg.tag.split("/")[-1] else cfg.tag
                 built = f"{repo}:build-unslimmed"
                 box.commit(built)
-                slim_cmd = _slim_command(box, cfg)
+                slim_cmd = _slim_command(cfg)
                 box.call(slim_cmd, label=f"slimming {cfg.env_path}: {slim_cmd}")
                 slim_output = tuple(line for line in log.tail if line.strip())
                 slimmed = f"{repo}:build-slimmed"
@@ -372,23 +372,13 @@ def _first_line(box: Container, script: str) -> str:
     return out.splitlines()[-1] if out else ""
 
 
-def _tool_supports(box: Container, args: str, flag: str) -> bool:
-    """Whether the slimmer in the container has FLAG (`verify`, `--verify`): the verify work lands separately."""
-    code = box.call(
-        f"{TOOL_ENV}/bin/slimmer {args} --help | grep -q -- {shlex.quote(flag)}",
-        label=f"checking for `slimmer {args.strip()} {flag}`",
-        check=False,
-    )
-    return code == 0
-
-
-def _slim_command(box: Container, cfg: PipelineConfig) -> str:
+def _slim_command(cfg: PipelineConfig) -> str:
+    """`slimmer apply --verify` with the config's rules, profile and checks (the slimmer in the
+    container is a wheel of this very source, so every option exists)."""
     rules = " ".join(f"--rules {shlex.quote(r)}" for r in cfg.rules)
-    verify = ""
-    if _tool_supports(box, "apply", "--verify"):
-        verify = " --verify" + cfg.check_args() + ("" if cfg.compile_check else " --no-compile-check")
-        if cfg.profile and _tool_supports(box, "apply", "--profile"):
-            verify += f" --profile {shlex.quote(cfg.profile)}"
+    verify = " --verify" + cfg.check_args() + ("" if cfg.compile_check else " --no-compile-check")
+    if cfg.profile:
+        verify += f" --profile {shlex.quote(cfg.profile)}"
     return f"{TOOL_ENV}/bin/slimmer apply {rules}{verify} {cfg.env_path}"
 
 
@@ -401,7 +391,7 @@ def _runtime_dockerfile(cfg: PipelineConfig, base: str, source_image: str) -> st
 
 
 def _verify(client: Any, cfg: PipelineConfig, slimmed: str, log: StepLog, *, gpus: bool) -> VerifyResult:
-    """`slimmer verify` (a smoke check with an older slimmer) in a container of the final image."""
+    """`slimmer verify` in a container of the final image."""
     probe = f"{cfg.tag}-verify" if ":" in cfg.tag.split("/")[-1] else f"{cfg.tag}:verify"
     # The final image carries only the environment: slimmer rides along in a throwaway layer on top.
     build_image(
@@ -412,23 +402,12 @@ def _verify(client: Any, cfg: PipelineConfig, slimmed: str, log: StepLog, *, gpu
         label=f"verify image ({probe}, not shipped)",
     )
     try:
-        code, helptext = run_once(client, probe, [f"{TOOL_ENV}/bin/slimmer", "verify", "--help"])
-        py = f"{cfg.env_path}/bin/python"
-        if code == 0:
-            flags = ""
-            if "--profile" in helptext and cfg.profile:
-                flags += f" --profile {shlex.quote(cfg.profile)}"
-            # The runtime image has no C++ compiler by design, and torch.compile's inductor needs one.
-            _, compilers = run_once(client, probe, ["sh", "-c", "command -v c++ g++ cc || true"])
-            if not compilers.strip() and "--no-compile-check" in helptext:
-                flags += " --no-compile-check"
-            command = f"{TOOL_ENV}/bin/slimmer verify{flags}{cfg.check_args()} {cfg.env_path}"
-        else:
-            smoke = "import torch; x = torch.arange(6.0); assert torch.equal(x + x, 2 * x); print('ok   smoke')"
-            command = f"{py} -c {shlex.quote(smoke)}"
-            for i, (kind, text) in enumerate(cfg.checks):
-                run = f"{py} -c {shlex.quote(text)}" if kind == "python" else text
-                command += f" && {run} && echo 'ok   check {i + 1}'"
+        flags = f" --profile {shlex.quote(cfg.profile)}" if cfg.profile else ""
+        # The runtime image has no C++ compiler by design, and torch.compile's inductor needs one.
+        _, compilers = run_once(client, probe, ["sh", "-c", "command -v c++ g++ cc || true"])
+        if not compilers.strip():
+            flags += " --no-compile-check"
+        command = f"{TOOL_ENV}/bin/slimmer verify{flags}{cfg.check_args()} {cfg.env_path}"
         log.step(f"verify inside {cfg.tag}: {command}")
         code, output = run_once(client, probe, ["bash", "-c", command], gpus=gpus)
         for line in output.splitlines():

@@ -33,25 +33,15 @@ def _context_path(path: str, cwd: Path) -> str:
     return Path(path).name if rel.startswith("..") else rel
 
 
-def slimmer_supports_apply_verify() -> bool:
-    """Whether this slimmer's `apply` has --verify (so the devel stage's last RUN can use it)."""
-    from slimmer.cli import cli
-
-    apply = cli.commands.get("apply")
-    return apply is not None and any("--verify" in getattr(p, "opts", ()) for p in apply.params)
-
-
 def render_dockerfile(
     cfg: PipelineConfig,
     *,
     cache_mounts: bool = True,
     slimmer_requirement: str = "torch-slimmer",
     cwd: Path | None = None,
-    apply_verify: bool | None = None,
+    apply_verify: bool = True,
 ) -> str:
     cwd = cwd or Path.cwd()
-    if apply_verify is None:
-        apply_verify = slimmer_supports_apply_verify()
     run_pip = f"RUN {PIP_CACHE} \\\n    " if cache_mounts else "RUN "
     run_build = f"RUN {PIP_CACHE} {CCACHE} \\\n    " if cache_mounts else "RUN "
     env = cfg.env_path
