@@ -48,7 +48,7 @@ lint: venv
 unit: venv
 	$(PY) -m pytest -m "not torch and not docker and not slow"
 
-test: venv envs bench-tools elf-fixtures libs-env docker scatter-env
+test: venv envs bench-tools elf-fixtures libs-env data-env docker scatter-env
 	$(VENV)/bin/ruff check slimmer tests bench
 	$(PY) -m pytest
 
@@ -96,7 +96,8 @@ export SLIMMER_TORCH_CUDA_ENV := $(CACHE)/envs/torch-2.14.1
 .PHONY: elf-fixtures libs-env
 
 $(ELF_FIXTURES)/.complete: fixtures/elf/build.sh
-	@command -v patchelf >/dev/null && command -v strip >/dev/null && command -v gcc >/dev/null \
+	@command -v patchelf >/dev/null && command -v strip >/dev/null && command -v readelf >/dev/null \
+	  && command -v gcc >/dev/null \
 	  || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q patchelf binutils gcc; }
 	fixtures/elf/build.sh $(ELF_FIXTURES)
 
@@ -106,6 +107,18 @@ $(LIBS_ENV)/.complete:
 	PYTHON=$(PYTHON) fixtures/make_env.sh $(LIBS_ENV) $(LIBS_PINS)
 
 libs-env: $(LIBS_ENV)/.complete
+
+# Real packages that read their own data files at run time (tests/test_protect_data_real.py): scikit-learn's
+# dataset loaders read descr/*.rst through importlib.resources, towncrier reads its templates/*.rst|md.
+DATA_PINS := scikit-learn==1.9.1 towncrier==26.9.0
+DATA_ENV := $(CACHE)/envs/data-readers-$(shell echo $(DATA_PINS) | sha256sum | cut -c1-8)
+export SLIMMER_DATA_ENV := $(DATA_ENV)
+
+.PHONY: data-env
+$(DATA_ENV)/.complete:
+	PYTHON=$(PYTHON) fixtures/make_env.sh $(DATA_ENV) $(DATA_PINS)
+
+data-env: $(DATA_ENV)/.complete
 
 # Docker engine and registry-free base images for the pipeline tests (tests/test_pipeline_docker.py):
 # installs docker.io and debootstrap if missing, starts dockerd if no engine answers, debootstraps

@@ -214,6 +214,9 @@ def explain_cmd(
         if kept.rel == rel or rel.startswith(kept.rel + "/"):
             click.echo(f"  but kept: {kept.reason}")
             break
+    for read, why in plan.reads:
+        if read == rel:
+            click.echo(f"  removed although kept code reads it ({why}): --keep it if that code runs")
 
 
 @cli.command("undo")

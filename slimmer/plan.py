@@ -90,6 +90,8 @@ class Plan:
     warnings: tuple[str, ...]
     seconds: float
     strips: tuple[StripDecision, ...] = ()  # ELF files a strip rule selects: stripped or skipped, and why
+    # Files the plan removes because a rule names their place, although kept code reads them: (rel, who reads it)
+    reads: tuple[tuple[str, str], ...] = ()
 
     @property
     def bytes_removed(self) -> int:
@@ -251,12 +253,14 @@ def make_plan(
     strip_rules = _strip_rules(ctx)
     early = _start_strip_analysis(ctx, _not_removed(strip_rules, removing))
     kept = _kept_by_negation(ctx, removing, negated)
+    reads: dict[str, str] = {}
     for protector in protectors:
         for rel, reason in protector.protect(ctx, removing).items():
             rule = removing.pop(rel, None)
             if rule is not None and ctx.by_rel[rel].kind is not Kind.DIR:
                 by = getattr(protector, "name", type(protector).__name__)
                 kept.append(Kept(rel, ctx.by_rel[rel].size, rule, reason, by))
+        reads.update(getattr(protector, "reads", {}))  # what a protector saw read but left to the rule
     # A kept path keeps every folder above it.
     for k in list(kept):
         for ancestor in _ancestors(_parent(k.rel)):
@@ -340,4 +344,5 @@ def make_plan(
         warnings=tuple(warnings),
         seconds=time.monotonic() - start,
         strips=strips,
+        reads=tuple(sorted((rel, why) for rel, why in reads.items() if rel in removing)),
     )

@@ -73,6 +73,15 @@ def render_plan(plan: Plan, *, top: int = 10, verbose: bool = False) -> str:
     if breaks:
         lines.append("Stops working after this plan (@breaks of the rules that remove it):")
         lines.extend(f"  {what} ({files} files, {size(nbytes)})" for what, (files, nbytes) in breaks.items())
+    if plan.reads:
+        lines.append(
+            f"Stops working: {len(plan.reads)} removed file(s) that kept code reads "
+            "(a rule names their place; --keep PATTERN keeps them):"
+        )
+        shown = plan.reads if verbose else plan.reads[:top]
+        lines.extend(f"  {rel}: {why}" for rel, why in shown)
+        if len(plan.reads) > len(shown):
+            lines.append(f"  ... {len(plan.reads) - len(shown)} more (--verbose lists all)")
     lines.extend(f"warning: {w}" for w in plan.warnings)
     after = plan.bytes_before - plan.bytes_removed
     lines.append(
@@ -159,6 +168,7 @@ def plan_to_dict(plan: Plan, *, top: int = 20) -> dict[str, Any]:
             for r in plan.removals
         ],
         "breaks": [{"what": k, "files": f, "bytes": b} for k, (f, b) in plan.breakages().items()],
+        "read_at_run_time": [{"path": rel, "reader": why} for rel, why in plan.reads],
         "warnings": list(plan.warnings),
         "strip": _strips_to_dict(plan),
     }

@@ -6,6 +6,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -72,3 +74,15 @@ def run_pip(env: Path, *args: str, timeout: float = 600) -> subprocess.Completed
         check=False,
         timeout=timeout,
     )
+
+
+def cached_env(variable: str, target: str) -> Path:
+    """The cached environment a Makefile target builds and names in `variable`: skips when the
+    variable is unset (not run through make), fails when it names an environment not built."""
+    value = os.environ.get(variable)
+    if not value:
+        pytest.skip(f"{variable} is not set: run the tests with 'make test' (or 'make {target}' first)")
+    path = Path(value)
+    if not (path / ".complete").is_file():
+        pytest.fail(f"{path} is not built: run 'make {target}'")
+    return path

@@ -13,7 +13,7 @@ import pytest
 
 from slimmer.cli import main
 from slimmer.elf.analyze import analyse
-from tests.helpers import run_smoke
+from tests.helpers import cached_env, run_smoke
 
 OPS = """
 import numpy as np, scipy.linalg, PIL.Image, cv2
@@ -26,16 +26,6 @@ print("ops ok")
 """
 
 
-def env_from(var: str, make_target: str) -> Path:
-    value = os.environ.get(var)
-    if not value:
-        pytest.skip(f"{var} is not set: run the tests with 'make test'")
-    path = Path(value)
-    if not (path / ".complete").is_file():
-        pytest.fail(f"{path} is not built: run 'make {make_target}'")
-    return path
-
-
 def run_python(env: Path, code: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(env / "bin/python"), "-c", code], capture_output=True, text=True, timeout=300, check=False
@@ -45,7 +35,7 @@ def run_python(env: Path, code: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.slow
 def test_manylinux_wheels_still_work_after_default(tmp_path, capsys):
     env = tmp_path / "env"
-    shutil.copytree(env_from("SLIMMER_LIBS_ENV", "libs-env"), env, symlinks=True)
+    shutil.copytree(cached_env("SLIMMER_LIBS_ENV", "libs-env"), env, symlinks=True)
     sp = next(env.glob("lib/python3*/site-packages"))
     blas = next(sp.glob("numpy.libs/libscipy_openblas*.so"))
     blas_bytes = blas.read_bytes()

@@ -3,7 +3,6 @@ a deleted Python.h caught by the compile check and `doctor`, and torch_scatter b
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,7 +16,7 @@ from slimmer.verify.checks import CheckKind, Status, VerifyCheck
 from slimmer.verify.doctor import diagnose
 from slimmer.verify.rollback import apply_verified
 from slimmer.verify.runner import discover, find_python, inventory, run_checks, verify
-from tests.helpers import listing
+from tests.helpers import cached_env, listing
 
 pytestmark = pytest.mark.torch
 
@@ -25,13 +24,7 @@ pytestmark = pytest.mark.torch
 @pytest.fixture(scope="session")
 def scatter_env() -> Path:
     """The torch 2.13 environment with torch_scatter built from its sdist (`make scatter-env`)."""
-    env = os.environ.get("SLIMMER_SCATTER_ENV")
-    if not env:
-        pytest.skip("SLIMMER_SCATTER_ENV is not set: run the tests with 'make test'")
-    path = Path(env)
-    if not (path / ".complete").is_file():
-        pytest.fail(f"{path} is not built: run 'make scatter-env'")
-    return path
+    return cached_env("SLIMMER_SCATTER_ENV", "scatter-env")
 
 
 def test_verify_whole_torch_env(torch_env):
