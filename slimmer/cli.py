@@ -175,6 +175,7 @@ def apply_cmd(
             _emit_json(plan_to_dict(plan, top=top)) if as_json else click.echo(render_plan(plan, top=top))
             return
         from slimmer.elf.strip import Stripper
+        from slimmer.protect.condameta import CondaMetaRewriter
         from slimmer.protect.records import RecordRewriter
 
         run = apply_plan if verify is None else verify.apply  # --verify: checks before/after, undo on a regression
@@ -182,7 +183,8 @@ def apply_cmd(
             plan,
             commit=not no_commit,
             wait=wait,
-            rewriters=(Stripper(), RecordRewriter()),  # RECORD last: it hashes what the others rewrote
+            # RECORD and conda-meta last: they hash what the stripper rewrote
+            rewriters=(Stripper(), RecordRewriter(), CondaMetaRewriter()),
             progress=Progress.for_terminal("removing"),
         )
     if as_json:
@@ -261,18 +263,32 @@ def rules_cmd(name: str | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None, *, command: Callable[..., Any] = cli) -> int:
-    """Run the CLI; return the exit code instead of exiting."""
+    """Run the CLI; return the exit code instead of exiting.
+
+    Every error is one line on stderr (`slimmer: error: ...`); with `--json` it is also a JSON
+    object on stdout (`{"error": ..., "exit_code": ...}`), so a script that parses stdout gets one."""
+    args = list(argv) if argv is not None else sys.argv[1:]
+    as_json = "--json" in args[: args.index("--")] if "--" in args else "--json" in args
+
+    def fail(message: str, code: int) -> int:
+        click.echo(f"slimmer: error: {message}", err=True)
+        if as_json:
+            click.echo(json.dumps({"error": message, "exit_code": code}))
+        return code
+
     try:
-        command.main(args=list(argv) if argv is not None else None, prog_name="slimmer", standalone_mode=False)
+        command.main(args=args, prog_name="slimmer", standalone_mode=False)
     except SlimmerError as exc:
-        click.echo(f"slimmer: error: {exc}", err=True)
-        return exc.exit_code
+        return fail(str(exc), exc.exit_code)
     except click.exceptions.Abort:
         click.echo("slimmer: interrupted", err=True)
         return 130
+    except click.exceptions.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "slimmer"
+        message = " ".join(exc.format_message().split())
+        return fail(f"{message} (see '{where} --help')", exc.exit_code)
     except click.exceptions.ClickException as exc:
-        exc.show()
-        return exc.exit_code
+        return fail(" ".join(exc.format_message().split()), exc.exit_code)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except KeyboardInterrupt:

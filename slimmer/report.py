@@ -83,11 +83,16 @@ def render_plan(plan: Plan, *, top: int = 10, verbose: bool = False) -> str:
         if len(plan.reads) > len(shown):
             lines.append(f"  ... {len(plan.reads) - len(shown)} more (--verbose lists all)")
     lines.extend(f"warning: {w}" for w in plan.warnings)
-    after = plan.bytes_before - plan.bytes_removed
+    saved = plan.bytes_removed + plan.strip_saving
+    split = (
+        f" ({size(plan.bytes_removed)} removed + {size(plan.strip_saving)} stripped, predicted)"
+        if plan.strip_saving
+        else ""
+    )
     lines.append(
-        f"Total: {plan.files_removed} of {plan.files_before} files, "
-        f"{size(plan.bytes_removed)} of {size(plan.bytes_before)} ({_pct(plan.bytes_removed, plan.bytes_before)}); "
-        f"{size(after)} would remain. Planned in {plan.seconds:.2f} s."
+        f"Total: {plan.files_removed} of {plan.files_before} files removed, "
+        f"{size(saved)} of {size(plan.bytes_before)} saved ({_pct(saved, plan.bytes_before)}){split}; "
+        f"{size(plan.bytes_before - saved)} would remain. Planned in {plan.seconds:.2f} s."
     )
     return "\n".join(lines)
 
@@ -146,6 +151,7 @@ def plan_to_dict(plan: Plan, *, top: int = 20) -> dict[str, Any]:
         "bytes_before": plan.bytes_before,
         "files_removed": plan.files_removed,
         "bytes_removed": plan.bytes_removed,
+        "bytes_saved_predicted": plan.bytes_removed + plan.strip_saving,  # removed + stripping's prediction
         "seconds": round(plan.seconds, 3),
         "by_rule_file": table(plan.by_rule_file()),
         "by_rule": table(plan.by_rule()),

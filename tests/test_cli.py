@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+
+import pytest
 
 from slimmer.cli import main
 from tests.helpers import make_tree
@@ -67,7 +70,7 @@ def test_plan_json_and_text(tmp_path, capsys):
     assert data["by_rule_file"][0]["name"] == "rules/torch-tests.rules"
     assert main(["plan", str(root)]) == 0
     out = capsys.readouterr().out
-    assert "Total: 2 of 3 files, 2.0 KiB" in out
+    assert "Total: 2 of 3 files removed, 2.0 KiB of" in out
     assert (root / SP / "torch/test/bin_test").exists()
 
 
@@ -99,3 +102,38 @@ def test_undo_via_cli(tmp_path, capsys):
     assert main(["undo", str(root)]) == 0
     assert (root / SP / "torch/test/bin_test").exists()
     assert main(["undo", str(root)]) == 4
+
+
+def test_errors_are_one_line_and_json_with_json(tmp_path, capsys):
+    assert main(["plan", "--json", str(tmp_path / "missing")]) == 2
+    captured = capsys.readouterr()
+    error = json.loads(captured.out)
+    assert error["exit_code"] == 2 and "no such folder" in error["error"]
+    assert captured.err.count("\n") == 1 and captured.err.startswith("slimmer: error: ")
+
+    # click's usage errors: one line that names the command's --help, JSON too with --json
+    assert main(["plan", "--json", "--no-such-option", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["error"].startswith("No such option '--no-such-option'")
+    assert captured.err == "slimmer: error: No such option '--no-such-option'. (see 'slimmer plan --help')\n"
+    assert main(["no-such-command"]) == 2
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err.count("\n")) == ("", 1)
+    assert "'slimmer --help'" in captured.err
+
+
+def test_plan_total_includes_the_predicted_strip_saving(tmp_path, capsys):
+    if shutil.which("gcc") is None or shutil.which("strip") is None:
+        pytest.skip("needs gcc and strip")
+    root = env(tmp_path)
+    src = tmp_path / "x.c"
+    src.write_text("int f(int x) { return x + 1; }\n")
+    subprocess.run(["gcc", "-g", "-shared", "-fPIC", "-o", str(root / SP / "pkg/libx.so"), str(src)], check=True)
+    assert main(["plan", "--rules", "default", "--json", str(root)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    predicted = data["strip"]["predicted_bytes"]
+    assert predicted > 0
+    assert data["bytes_saved_predicted"] == data["bytes_removed"] + predicted
+    assert main(["plan", "--rules", "default", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "stripped, predicted)" in out.splitlines()[-1]

@@ -33,13 +33,13 @@ from __future__ import annotations
 import ast
 import os
 import re
-import stat
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from slimmer.dists import METADATA_SUFFIXES
+from slimmer.safe_read import read_regular
 from slimmer.walk import Kind
 
 if TYPE_CHECKING:
@@ -112,22 +112,6 @@ def _clean(value: str) -> str:
     while value.startswith(("./", "/")):
         value = value[2:] if value.startswith("./") else value[1:]
     return value.rstrip("/")
-
-
-def _read(path: str) -> bytes | None:
-    """A regular file's bytes, never through a symlink and never more than `_MAX_SOURCE`."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as fh:
-        try:
-            st = os.fstat(fh.fileno())
-            if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_SOURCE:
-                return None
-            return fh.read(_MAX_SOURCE + 1)
-        except OSError:
-            return None
 
 
 def _text_literals(source: bytes, names: frozenset[bytes]) -> list[_Hit]:
@@ -219,7 +203,7 @@ class DataFileProtector:
             names = {key: group.names() for key, group in groups.items()}
             for rel, key in _readers(ctx, removing, groups, site_of):
                 readers += 1
-                source = _read(os.path.join(root, rel))
+                source = read_regular(os.path.join(root, rel), _MAX_SOURCE)
                 if source is None:
                     continue
                 scanned += 1

@@ -1,0 +1,140 @@
+"""After apply, make a conda prefix's package records (`conda-meta/*.json`) agree with the disk again.
+
+What `records.RecordRewriter` does for pip's RECORD, for conda: in each record of a package that
+lost files or had files rewritten (a stripped library), `files` drops the paths that are gone and
+`paths_data.paths` drops their entries and gives each rewritten file its new `sha256` (hex) and
+`size_in_bytes`. conda-pack, `conda list --verify`-style checks and `conda remove` then describe what
+is really installed: conda-pack refuses a prefix whose records list deleted files ("Files managed by
+conda were found to have been deleted"). A record of a package slimmer did not change is never
+written. Records are read as regular files only (never through a link, at most 64 MiB), and a
+record that is not the JSON object conda writes is left as it is. The new record goes through
+apply's journaled temporary file, so `slimmer undo` restores the old one.
+
+Note: conda-pack takes a package's file list and bytes from the package cache (`pkgs/`) when the
+cache still holds the package, so pack a slimmed prefix after `conda clean --packages` (as images do).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import posixpath
+from typing import TYPE_CHECKING, Any
+
+from slimmer.protect.records import record_hash
+from slimmer.safe_read import read_regular
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+    from slimmer.apply import ApplyResult
+    from slimmer.plan import Plan
+
+_MAX_RECORD = 64 << 20
+
+
+def _read_record(path: str) -> tuple[str, Any] | None:
+    """(text, parsed JSON) of a regular file, never through a link; None if unreadable or not JSON."""
+    data = read_regular(path, _MAX_RECORD)
+    if data is None:
+        return None
+    try:
+        text = data.decode("utf-8")
+        return text, json.loads(text)
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def _records(root: Path, plan: Plan) -> Iterator[tuple[str, str]]:
+    """(prefix, record path) for each `conda-meta/*.json` of each prefix, relative to the root."""
+    for prefix in plan.layout.prefixes:
+        meta = posixpath.join(prefix, "conda-meta") if prefix else "conda-meta"
+        folder = os.path.join(root, meta)
+        if os.path.islink(folder) or not os.path.isdir(folder):
+            continue
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            continue
+        for name in names:
+            if name.endswith(".json"):
+                yield prefix, f"{meta}/{name}"
+
+
+def _inside(prefix: str, path: object) -> str | None:
+    """A record's path as a path relative to the root, or None if it is not a relative path inside."""
+    if not isinstance(path, str) or not path or path.startswith("/"):
+        return None
+    rel = posixpath.normpath(posixpath.join(prefix, path)) if prefix else posixpath.normpath(path)
+    return None if rel == ".." or rel.startswith("../") else rel
+
+
+def _hex(record_digest: str) -> str:
+    """`sha256=<urlsafe base64>` (RECORD's form) as conda's hex digest."""
+    b64 = record_digest.partition("=")[2]
+    return base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4)).hex()
+
+
+class CondaMetaRewriter:
+    """Rewrites the `conda-meta/*.json` record of every conda package that lost or changed files."""
+
+    name = "conda-meta"
+
+    def rewrite(self, plan: Plan, result: ApplyResult, tmp_for: Callable[[str], Path]) -> Iterator[str]:
+        root = plan.root
+        changed_files = {rel for name, done in result.rewritten.items() if name != self.name for rel, _, _ in done}
+
+        def exists(rel: str) -> bool:
+            return os.path.lexists(os.path.join(root, rel))
+
+        def new_hash(rel: str) -> tuple[str, int]:
+            known = result.digests.get(rel)
+            st = os.lstat(os.path.join(root, rel))
+            if known is not None and (known[1], known[2]) == (st.st_size, st.st_ino):
+                return _hex(known[0]), known[1]
+            digest, size = record_hash(os.path.join(root, rel))
+            return _hex(digest), size
+
+        for prefix, rel in _records(root, plan):
+            got = _read_record(os.path.join(root, rel))
+            if got is None or not isinstance(got[1], dict):
+                continue
+            text, record = got
+            changed = False
+            files = record.get("files")
+            if isinstance(files, list):
+                kept = [f for f in files if (inside := _inside(prefix, f)) is None or exists(inside)]
+                changed |= len(kept) != len(files)
+                record["files"] = kept
+            paths_data = record.get("paths_data")
+            paths = paths_data.get("paths") if isinstance(paths_data, dict) else None
+            if isinstance(paths, list):
+                new_paths = []
+                for entry in paths:
+                    inside = _inside(prefix, entry.get("_path")) if isinstance(entry, dict) else None
+                    if inside is None:
+                        new_paths.append(entry)
+                        continue
+                    if not exists(inside):
+                        changed = True
+                        continue
+                    new_entry = entry
+                    if inside in changed_files and ("sha256" in entry or "size_in_bytes" in entry):
+                        digest, size = new_hash(inside)
+                        if (entry.get("sha256"), entry.get("size_in_bytes")) != (digest, size):
+                            new_entry = {**entry, "sha256": digest, "size_in_bytes": size}
+                            changed = True
+                    new_paths.append(new_entry)
+                paths_data["paths"] = new_paths  # type: ignore[index]
+            if not changed:
+                continue
+            indent = 2 if text.lstrip().startswith("{\n") else None
+            out = json.dumps(record, indent=indent, ensure_ascii=False) + ("\n" if text.endswith("\n") else "")
+            tmp = tmp_for(rel)
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(out)
+                fh.flush()
+                os.fsync(fh.fileno())
+            yield rel
