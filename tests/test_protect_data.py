@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 SP = "lib/python3.11/site-packages"
-GENERIC = "# @relative-to site-packages\n*.rst\n*.md\n*.txt\n*.json\n*.h\n*.pxd\n*.tmpl\ntests/\n"
+GENERIC = "# @relative-to site-packages\n*.rst\n*.md\n*.txt\n*.json\n*.h\n*.pxd\n*.tmpl\n*.a\ntests/\n"
 
 LOADERS = '''\
 import os
@@ -92,6 +92,8 @@ DPKG = {
     f"{SP}/dpkg/templates/mail.tmpl": "Dear {{ name }}\n",
     f"{SP}/dpkg/include/dpkg.h": "#define DPKG 1\n",
     f"{SP}/dpkg/include/dpkg_ops.h": "int op(void);\n",
+    # In a subfolder of the folder the code reaches: not protected by that reach (static archives to link)
+    f"{SP}/dpkg/include/cupti/libcupti_static.a": "!<arch>\n",
     f"{SP}/dpkg/themes/__init__.py": "",
     f"{SP}/dpkg/themes/dark.md": "# dark\n",
     f"{SP}/dpkg/lang/__init__.py": "",
@@ -152,6 +154,7 @@ def test_every_access_pattern_is_kept_with_its_reason(tmp_path):
     }
     # Real doc files nobody reads, test data, and a name that only another distribution mentions: removed.
     assert {"dpkg/README.md", "dpkg/docs/guide.rst", "dpkg/tests/expected.txt"} <= removed
+    assert "dpkg/include/cupti/libcupti_static.a" in removed
     assert not removed & set(kept)
     assert "dpkg/descr" not in removed and "dpkg/templates" not in removed
 

@@ -7,9 +7,10 @@ selects stays when kept Python code of the same distribution refers to it:
   literal in a kept module (`load_descr("iris.rst")`, `pkgutil.get_data(__name__, "data/x.txt")`);
 - through its folder: a kept module that opens files names the folder as a literal, as a path
   (`Path(__file__).parent / "templates"`, `os.path.join(os.path.dirname(__file__), "data")`,
-  resolved against the module's folder and each package above it) or as a dotted package
+  resolved against its own folder, or against each of its packages when it uses a resource API) or as a dotted package
   (`importlib.resources.files("sklearn.datasets.descr")`, `package + ".templates"`); then every
-  selected file in that folder stays, since the name read may be built at run time;
+  selected file right in that folder (not in its subfolders) stays, since the name read may be
+  built at run time;
 - next to the code: a kept module that reaches its own folder (`__file__`, or
   `resources.files(__name__)` and its kin), opens files and builds their names with a suffix
   literal (`lang + ".txt"`, `"*.txt"`, `f"{name}.txt"`) keeps the selected files with that suffix
@@ -148,8 +149,9 @@ class _Group:
 
     def __init__(self) -> None:
         self.by_name: dict[str, list[str]] = defaultdict(list)
-        self.by_folder: dict[str, list[str]] = defaultdict(list)  # every folder above a file
-        self.beside: dict[str, list[str]] = defaultdict(list)  # the file's own folder
+        # The files right in each folder (not in its subfolders: code that reaches `lib/` reads
+        # `lib/libdevice.10.bc`, not the static archives of `lib/cupti/`).
+        self.by_folder: dict[str, list[str]] = defaultdict(list)
         self.folder_names: set[str] = set()
 
     def add(self, rel: str, site: str, *, named_only: bool) -> None:
@@ -158,11 +160,9 @@ class _Group:
         if named_only:
             return
         folder = _parent(rel)
-        self.beside[folder].append(rel)
-        while folder and folder != site:
+        if folder != site:
             self.by_folder[folder].append(rel)
             self.folder_names.add(folder.rpartition("/")[2])
-            folder = _parent(folder)
 
     def names(self) -> frozenset[bytes]:
         """What a literal's last part must be for a reference: a basename, a folder name, a suffix."""
@@ -292,7 +292,7 @@ def _references(reader: str, hits: list[_Hit], source: bytes, group: _Group, sit
         suffixes = {
             v.rpartition("*")[2].rpartition("}")[2] for _, v in values if v.startswith(".") or "*" in v or "}" in v
         }
-        for rel in group.beside.get(folder, ()):
+        for rel in group.by_folder.get(folder, ()):
             name = rel.rpartition("/")[2]
             if any(suffix.startswith(".") and name.endswith(suffix) for suffix in suffixes):
                 yield rel, f"beside {where}, which opens files ending {name[name.index('.') :]} from its own folder"
