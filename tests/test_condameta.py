@@ -163,3 +163,24 @@ def test_records_that_are_links_or_not_json_are_left_alone(prefix, tmp_path):
     assert main(["apply", "--rules", "default", str(prefix)]) == 0
     assert outside.read_bytes() == before
     assert (prefix / "conda-meta/broken-1-0.json").read_text() == "{not json"
+
+
+def test_only_what_this_run_removed_leaves_the_records(prefix):
+    """A path that was already missing is not slimmer's to drop; a stripped file's
+    `sha256_in_prefix` (what `conda doctor` checks) follows its new bytes."""
+    meta = prefix / "conda-meta"
+    gone = f"{SP}/plain/gone_before.py"
+    record = json.loads((meta / "plain-2.0-0.json").read_text())
+    record["files"].append(gone)
+    (meta / "plain-2.0-0.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    plain_before = (meta / "plain-2.0-0.json").read_bytes()
+    demo = json.loads((meta / "demo-1.0-0.json").read_text())
+    for entry in demo["paths_data"]["paths"]:
+        entry["sha256_in_prefix"] = entry["sha256"]
+    (meta / "demo-1.0-0.json").write_text(json.dumps(demo, indent=2, sort_keys=True) + "\n")
+
+    assert main(["apply", "--rules", "default", str(prefix)]) == 0
+    assert (meta / "plain-2.0-0.json").read_bytes() == plain_before
+    entry = {p["_path"]: p for p in json.loads((meta / "demo-1.0-0.json").read_text())["paths_data"]["paths"]}
+    lib = hashlib.sha256((prefix / "lib/libdemo.so").read_bytes()).hexdigest()
+    assert entry["lib/libdemo.so"]["sha256_in_prefix"] == entry["lib/libdemo.so"]["sha256"] == lib

@@ -255,3 +255,47 @@ def test_a_path_ending_of_another_folder_keeps_nothing(tmp_path):
     root = make_tree(tmp_path / "env", files)
     plan = make_plan(root, _rules(tmp_path, GENERIC), protectors=default_protectors())
     assert f"{SP}/dpkg/docs/guide.rst" in {r.rel for r in plan.removals}
+
+
+def _pkg(root: Path, code: str, data: dict[str, str]) -> Path:
+    files = {f"{SP}/p/__init__.py": code, **{f"{SP}/p/{rel}": text for rel, text in data.items()}}
+    files[f"{SP}/p-1.0.dist-info/RECORD"] = "p/__init__.py,,\n"
+    return make_tree(root, files)
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import os\nHERE = os.path.dirname(__file__)\n"
+        "def f(n):\n    return open(os.path.join(HERE, 'data', 'fonts', n))\n",
+        "from pathlib import Path\ndef f(n):\n    return (Path(__file__).parent / 'data' / 'fonts' / n).open()\n",
+        "from pathlib import Path\ndef f(n):\n    return open(Path(__file__).parent / f'data/fonts/{n}')\n",
+        "import pkg_resources\n"
+        "def f(n):\n    return pkg_resources.resource_filename(__name__, 'data/fonts/%s.ttf' % n)\n",
+    ],
+)
+def test_folder_paths_built_from_several_literals_or_formatting(tmp_path, code):
+    root = _pkg(tmp_path / "env", code, {"data/fonts/a.ttf": "font", "data/fonts/README.txt": "doc"})
+    rules = _rules(tmp_path, "# @relative-to site-packages\n*.ttf\n")
+    plan = make_plan(root, rules, protectors=default_protectors())
+    assert f"{SP}/p/data/fonts/a.ttf" in {k.rel for k in plan.kept}
+
+
+def test_odd_sources_and_names_never_crash_the_plan(tmp_path, capsys):
+    deep = "import os\nX = " + "+".join(["'a'"] * 5000) + "\nopen(os.path.join(os.path.dirname(__file__), 'a.csv'))\n"
+    root = _pkg(tmp_path / "env", deep, {"a.csv": "1,2\n"})
+    (root / SP / "p" / os.fsdecode(b"caf\xe9.csv")).write_bytes(b"x")  # a file name that is not UTF-8
+    rules = tmp_path / "r.rules"
+    rules.write_text("# @relative-to site-packages\n*.csv\n")
+    assert main(["plan", "--json", "--rules", str(rules), str(root)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["files_removed"] >= 1
+
+
+def test_a_double_star_pattern_names_a_kind_of_file_not_a_place(tmp_path):
+    root = _pkg(tmp_path / "env", "def f():\n    return open('a.csv')\n", {"a.csv": "1,2\n"})
+    plan = make_plan(
+        root, _rules(tmp_path, "# @relative-to site-packages\n**/*.csv\n"), protectors=default_protectors()
+    )
+    assert f"{SP}/p/a.csv" in {k.rel for k in plan.kept}
+    assert plan.reads == ()

@@ -3,7 +3,8 @@
 What `records.RecordRewriter` does for pip's RECORD, for conda: in each record of a package that
 lost files or had files rewritten (a stripped library), `files` drops the paths that are gone and
 `paths_data.paths` drops their entries and gives each rewritten file its new `sha256` (hex) and
-`size_in_bytes`. conda-pack, `conda list --verify`-style checks and `conda remove` then describe what
+`size_in_bytes` (and `sha256_in_prefix` where conda wrote it). Only paths this run removed are
+dropped. conda-pack, `conda list --verify`-style checks and `conda remove` then describe what
 is really installed: conda-pack refuses a prefix whose records list deleted files ("Files managed by
 conda were found to have been deleted"). A record of a package slimmer did not change is never
 written. Records are read as regular files only (never through a link, at most 64 MiB), and a
@@ -85,9 +86,11 @@ class CondaMetaRewriter:
     def rewrite(self, plan: Plan, result: ApplyResult, tmp_for: Callable[[str], Path]) -> Iterator[str]:
         root = plan.root
         changed_files = {rel for name, done in result.rewritten.items() if name != self.name for rel, _, _ in done}
+        removed = {r.rel for r in plan.removals}
 
         def exists(rel: str) -> bool:
-            return os.path.lexists(os.path.join(root, rel))
+            """False only for a path this run removed: what was missing before is not slimmer's to fix."""
+            return rel not in removed or os.path.lexists(os.path.join(root, rel))
 
         def new_hash(rel: str) -> tuple[str, int]:
             known = result.digests.get(rel)
@@ -125,13 +128,15 @@ class CondaMetaRewriter:
                         digest, size = new_hash(inside)
                         if (entry.get("sha256"), entry.get("size_in_bytes")) != (digest, size):
                             new_entry = {**entry, "sha256": digest, "size_in_bytes": size}
+                            if "sha256_in_prefix" in entry:  # what `conda doctor` compares with the disk
+                                new_entry["sha256_in_prefix"] = digest
                             changed = True
                     new_paths.append(new_entry)
                 paths_data["paths"] = new_paths  # type: ignore[index]
             if not changed:
                 continue
             indent = 2 if text.lstrip().startswith("{\n") else None
-            out = json.dumps(record, indent=indent, ensure_ascii=False) + ("\n" if text.endswith("\n") else "")
+            out = json.dumps(record, indent=indent) + ("\n" if text.endswith("\n") else "")  # ASCII, as conda writes
             tmp = tmp_for(rel)
             with open(tmp, "w", encoding="utf-8") as fh:
                 fh.write(out)

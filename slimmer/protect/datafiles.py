@@ -87,6 +87,7 @@ class DataFileStats:
 class _Hit:
     value: str
     line: int
+    col: int = 0  # orders the literals of one line as written
 
 
 def _parent(rel: str) -> str:
@@ -102,7 +103,10 @@ def _is_candidate(rel: str) -> bool:
 
 def names_location(rule: Rule) -> bool:
     """A pattern that names a place (`torch/include/`, `pkg/data/*.txt`), not a kind of file (`*.rst`)."""
-    return "/" in rule.pattern.lstrip("!").strip("/")
+    pattern = rule.pattern.lstrip("!").strip("/")
+    while pattern.startswith("**/"):
+        pattern = pattern[3:]
+    return "/" in pattern
 
 
 def _clean(value: str) -> str:
@@ -116,29 +120,32 @@ def _clean(value: str) -> str:
 
 
 def _text_literals(source: bytes, names: frozenset[bytes]) -> list[_Hit]:
-    """Quoted single-line literals whose last part (as a path, or as a dotted package) or suffix is
-    one of `names`, with their lines: found by a regular expression, a superset of the real ones."""
-    hits: list[_Hit] = []
+    """Quoted single-line literals found by a regular expression (a superset of the real ones), with
+    their lines: those whose last part (as a path, or as a dotted package), folder or suffix is one
+    of `names`, and the other literals of their lines (`os.path.join(here, "data", "fonts", n)`)."""
+    found: list[tuple[int, int, bytes]] = []
+    hit_lines: set[int] = set()
     line, counted = 1, 0
     for m in _LITERAL.finditer(source):
         literal = (m[1] or m[2]).strip().rstrip(b"/")
-        last = literal.rpartition(b"/")[2]
+        line += source.count(b"\n", counted, m.start())
+        counted = m.start()
+        found.append((line, m.start(), literal))
+        head, _, last = literal.rpartition(b"/")
         tail = last.rpartition(b".")[2]
-        if last in names or tail in names or b"." + tail in names:
-            line += source.count(b"\n", counted, m.start())
-            counted = m.start()
-            hits.append(_Hit(literal.decode("utf-8", "replace"), line))
-    return hits
+        if last in names or tail in names or b"." + tail in names or head.rpartition(b"/")[2] in names:
+            hit_lines.add(line)
+    return [_Hit(lit.decode("utf-8", "replace"), ln, col) for ln, col, lit in found if ln in hit_lines]
 
 
 def _ast_literals(source: bytes) -> list[_Hit] | None:
     """The string constants of a Python file with their lines; None when `ast` cannot parse it."""
     try:
         tree = ast.parse(source)
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # generated code can nest too deep
         return None
     return [
-        _Hit(node.value, node.lineno)
+        _Hit(node.value, node.lineno, node.col_offset)
         for node in ast.walk(tree)
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and len(node.value) <= 300
     ]
@@ -167,7 +174,7 @@ class _Group:
     def names(self) -> frozenset[bytes]:
         """What a literal's last part must be for a reference: a basename, a folder name, a suffix."""
         suffixes = {"." + name.rpartition(".")[2] for name in self.by_name if "." in name}
-        return frozenset(w.encode() for w in (*self.by_name, *self.folder_names, *suffixes))
+        return frozenset(w.encode("utf-8", "surrogateescape") for w in (*self.by_name, *self.folder_names, *suffixes))
 
 
 class DataFileProtector:
@@ -260,7 +267,7 @@ def _references(reader: str, hits: list[_Hit], source: bytes, group: _Group, sit
     """(data file, why) for each selected file of `group` that `reader` refers to."""
     where = reader[len(site) + 1 :] if site else reader
     folder = _parent(reader)
-    hits = sorted(hits, key=lambda h: h.line)
+    hits = _with_joins(sorted(hits, key=lambda h: (h.line, h.col)))
     values = [(hit, _clean(hit.value)) for hit in hits]
     values = [(hit, v) for hit, v in values if len(v) >= 3 and not any(c.isspace() for c in v)]
     for hit, value in values:  # by name first: the most precise reason wins
@@ -296,6 +303,28 @@ def _references(reader: str, hits: list[_Hit], source: bytes, group: _Group, sit
             name = rel.rpartition("/")[2]
             if any(suffix.startswith(".") and name.endswith(suffix) for suffix in suffixes):
                 yield rel, f"beside {where}, which opens files ending {name[name.index('.') :]} from its own folder"
+
+
+def _with_joins(hits: list[_Hit]) -> list[_Hit]:
+    """The hits, plus what a path built from several literals names: the literals of one line joined
+    (`os.path.join(here, "data", "fonts", name)` -> `data/fonts`), and the folder of a name built
+    by formatting (`f"data/{name}"`, `"data/%s.csv" % name` -> `data`)."""
+    out = list(hits)
+    by_line: dict[int, list[str]] = defaultdict(list)
+    for hit in hits:
+        value = hit.value.strip().strip("/")
+        if any(c in value for c in "{}%*"):
+            folder = value.rpartition("/")[0]
+            if folder and not any(c in folder for c in "{}%*"):
+                out.append(_Hit(folder, hit.line))
+            continue
+        if value and not value.startswith(".") and not any(c.isspace() for c in value):
+            by_line[hit.line].append(value)
+    for line, parts in by_line.items():
+        for start in range(len(parts)):
+            for end in range(start + 2, len(parts) + 1):
+                out.append(_Hit("/".join(parts[start:end]), line))
+    return out
 
 
 def _join(base: str, path: str) -> str:
