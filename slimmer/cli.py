@@ -15,7 +15,7 @@ import click
 
 from slimmer import __version__
 from slimmer.commands.verify import apply_verify_options
-from slimmer.errors import SlimmerError
+from slimmer.errors import CheckFailedError, SlimmerError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -278,6 +278,9 @@ def main(argv: Sequence[str] | None = None, *, command: Callable[..., Any] = cli
 
     try:
         command.main(args=args, prog_name="slimmer", standalone_mode=False)
+    except CheckFailedError as exc:  # the command's own JSON report already says what failed
+        click.echo(f"slimmer: error: {exc}", err=True)
+        return exc.exit_code
     except SlimmerError as exc:
         return fail(str(exc), exc.exit_code)
     except click.exceptions.Abort:
