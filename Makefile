@@ -48,7 +48,7 @@ lint: venv
 unit: venv
 	$(PY) -m pytest -m "not torch and not docker and not slow"
 
-test: venv envs bench-tools elf-fixtures libs-env data-env docker scatter-env
+test: venv envs bench-tools build-tools elf-fixtures libs-env data-env docker scatter-env
 	$(VENV)/bin/ruff check slimmer tests bench
 	$(PY) -m pytest
 
@@ -95,10 +95,15 @@ export SLIMMER_TORCH_CUDA_ENV := $(CACHE)/envs/torch-2.14.1
 
 .PHONY: elf-fixtures libs-env
 
-$(ELF_FIXTURES)/.complete: fixtures/elf/build.sh
+# The binaries the fixtures and the tests run themselves (patchelf, strip, readelf, gcc, g++), checked
+# on every run, not only when a cached fixture is built: a cache can outlive an install.
+.PHONY: build-tools
+build-tools:
 	@command -v patchelf >/dev/null && command -v strip >/dev/null && command -v readelf >/dev/null \
-	  && command -v gcc >/dev/null \
-	  || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q patchelf binutils gcc; }
+	  && command -v gcc >/dev/null && command -v g++ >/dev/null \
+	  || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q patchelf binutils gcc g++; }
+
+$(ELF_FIXTURES)/.complete: fixtures/elf/build.sh | build-tools
 	fixtures/elf/build.sh $(ELF_FIXTURES)
 
 elf-fixtures: $(ELF_FIXTURES)/.complete
@@ -139,8 +144,7 @@ export SLIMMER_SCATTER_ENV := $(SCATTER_ENV)
 
 .PHONY: scatter-env
 
-$(SCATTER_ENV)/.complete: $(TORCH_ENV)/.complete fixtures/make_scatter_env.sh
-	@command -v g++ >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q g++; }
+$(SCATTER_ENV)/.complete: $(TORCH_ENV)/.complete fixtures/make_scatter_env.sh | build-tools
 	MAX_JOBS=2 fixtures/make_scatter_env.sh $(TORCH_ENV) $(SCATTER_ENV) $(CACHE)/wheels/torch-$(TORCH_VERSION) $(SCATTER_VERSION)
 
 scatter-env: $(SCATTER_ENV)/.complete
