@@ -23,7 +23,7 @@ import os
 import posixpath
 from typing import TYPE_CHECKING, Any
 
-from slimmer.protect.records import record_hash
+from slimmer.protect.records import known_hash, record_hash, write_synced
 from slimmer.safe_read import read_regular
 
 if TYPE_CHECKING:
@@ -93,11 +93,7 @@ class CondaMetaRewriter:
             return rel not in removed or os.path.lexists(os.path.join(root, rel))
 
         def new_hash(rel: str) -> tuple[str, int]:
-            known = result.digests.get(rel)
-            st = os.lstat(os.path.join(root, rel))
-            if known is not None and (known[1], known[2]) == (st.st_size, st.st_ino):
-                return _hex(known[0]), known[1]
-            digest, size = record_hash(os.path.join(root, rel))
+            digest, size = known_hash(result, root, rel) or record_hash(os.path.join(root, rel))
             return _hex(digest), size
 
         for prefix, rel in _records(root, plan):
@@ -137,9 +133,5 @@ class CondaMetaRewriter:
                 continue
             indent = 2 if text.lstrip().startswith("{\n") else None
             out = json.dumps(record, indent=indent) + ("\n" if text.endswith("\n") else "")  # ASCII, as conda writes
-            tmp = tmp_for(rel)
-            with open(tmp, "w", encoding="utf-8") as fh:
-                fh.write(out)
-                fh.flush()
-                os.fsync(fh.fileno())
+            write_synced(tmp_for(rel), out)
             yield rel

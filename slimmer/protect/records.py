@@ -63,7 +63,15 @@ def _records(root: Path, plan: Plan, suffix: str, filename: str) -> Iterator[tup
                 yield site, rel
 
 
-def _known_hash(result: ApplyResult, root: Path, rel: str) -> tuple[str, int] | None:
+def write_synced(tmp: Path, text: str) -> None:
+    """Write a rewriter's new version of a text file to its temporary path, as is, and fsync it."""
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def known_hash(result: ApplyResult, root: Path, rel: str) -> tuple[str, int] | None:
     """The hash that the rewriter of `rel` took of its new version (the strip workers hash what they
     just wrote), if that version (same inode and size) is still in place; else None: read it again."""
     known = result.digests.get(rel)
@@ -106,7 +114,7 @@ class RecordRewriter:
                     continue
                 new_row = row
                 if target in changed_files and len(row) >= 3:
-                    digest, size = _known_hash(result, root, target) or record_hash(os.path.join(root, target))
+                    digest, size = known_hash(result, root, target) or record_hash(os.path.join(root, target))
                     if [digest, str(size)] != row[1:3]:
                         new_row = [row[0], digest, str(size), *row[3:]]
                         changed = True
@@ -115,11 +123,7 @@ class RecordRewriter:
                 continue
             out = io.StringIO()
             csv.writer(out, lineterminator="\r\n" if "\r\n" in text else "\n").writerows(kept)
-            tmp = tmp_for(rel)
-            with open(tmp, "w", newline="", encoding="utf-8") as fh:
-                fh.write(out.getvalue())
-                fh.flush()
-                os.fsync(fh.fileno())
+            write_synced(tmp_for(rel), out.getvalue())
             yield rel
         yield from self._installed_files(plan, tmp_for)
 
@@ -142,9 +146,5 @@ class RecordRewriter:
                 kept.append(line)
             if len(kept) == len(lines):
                 continue
-            tmp = tmp_for(rel)
-            with open(tmp, "w", encoding="utf-8") as fh:
-                fh.write("".join(f"{line}\n" for line in kept))
-                fh.flush()
-                os.fsync(fh.fileno())
+            write_synced(tmp_for(rel), "".join(f"{line}\n" for line in kept))
             yield rel
