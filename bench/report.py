@@ -7,7 +7,7 @@ import statistics
 from typing import Any
 
 MB = 1e6
-SLIMMER_VARIANTS = ("default", "runtime")
+SLIMMER_VARIANTS = ("default", "runtime", "default+sm_90")
 STEADY_SLACK = 64 * 1024
 RSS_SLACK = 200 * MB  # the goal: peak memory within the largest ELF analysed + 200 MB
 NOT_PROMISED_BY_RUNTIME = {"torch.compile"}  # the runtime profile says that run-time compilation goes

@@ -35,7 +35,7 @@ from bench.report import SLIMMER_VARIANTS, render_markdown, render_table
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "fixtures" / "smoke.py"
 SEED_RECIPE = REPO.parent / "shared" / "bench" / "seed_recipe.sh"
-VARIANTS = ("original", "seed", "default", "runtime")
+VARIANTS = ("original", "seed", "default", "runtime", "default+sm_90")
 CHECK_TIMEOUT = 900
 
 
@@ -174,6 +174,8 @@ def _command(variant: str, copy: Path, slimmer: list[str], seed: Path) -> list[s
         return [*slimmer, "apply", "--rules", "default", str(copy)]
     if variant == "runtime":
         return [*slimmer, "apply", "--rules", "default", "--profile", "runtime", str(copy)]
+    if variant == "default+sm_90":  # device code pruned to H100s (a no-op without CUDA libraries)
+        return [*slimmer, "apply", "--rules", "default", "--gpu-arch", "sm_90", str(copy)]
     return []
 
 
@@ -200,6 +202,8 @@ def bench_env(
     all_checks: list[str],
 ) -> list[Result]:
     src = Path(env.path)
+    if not any(src.glob("lib/python3*/site-packages/torch/lib/libtorch_cuda.so")):
+        variants = [v for v in variants if v != "default+sm_90"]  # no device code to prune
     results = {v: Result(env.name, v, _command(v, Path("ENV"), slimmer, seed)) for v in variants}
     for r in range(repeat):
         for variant in variants:

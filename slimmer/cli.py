@@ -60,6 +60,43 @@ def profile_option(func: F) -> F:
     )(func)
 
 
+def _gpu_pruning(ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> Any:
+    from slimmer.elf.gpuarch import GpuArchError, parse_targets
+
+    try:
+        return parse_targets(values) or None
+    except GpuArchError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def gpu_options(func: F) -> F:
+    func = click.option(
+        "--no-ptx",
+        is_flag=True,
+        help="With --gpu-arch: keep no PTX either (no JIT fallback for a GPU newer than the targets).",
+    )(func)
+    return click.option(
+        "--gpu-arch",
+        "gpu_arch",
+        multiple=True,
+        metavar="ARCH",
+        callback=_gpu_pruning,
+        help="Prune CUDA device code to the GPUs the image runs on: sm_80, sm_86, sm_90, sm_100, sm_120 ... "
+        "Repeatable or comma-separated. Keeps SASS that runs on a target and the newest PTX the newest "
+        "target can compile; a library whose code cannot be rewritten safely is left as it is.",
+    )(func)
+
+
+def _gpu(gpu_arch: Any, no_ptx: bool) -> Any:
+    from slimmer.elf.pruner import GpuPruning
+
+    if gpu_arch is None:
+        if no_ptx:
+            raise click.UsageError("--no-ptx needs --gpu-arch")
+        return None
+    return GpuPruning(tuple(gpu_arch), keep_ptx=not no_ptx)
+
+
 def root_argument(func: F) -> F:
     func = click.option("--force", is_flag=True, help="Allow / or your home folder as ROOT.")(func)
     return click.argument("root", type=click.Path(path_type=str))(func)
@@ -79,20 +116,23 @@ def _load(
     return root, ruleset
 
 
-def _workers(ruleset: Any) -> contextlib.AbstractContextManager[object]:
-    """One warm worker pool for the whole command when its rules strip ELF files (plan and apply)."""
+def _workers(ruleset: Any, gpu: Any = None) -> contextlib.AbstractContextManager[object]:
+    """One warm worker pool for the whole command when its rules strip ELF files or it prunes device code."""
     from slimmer.elf.pool import shared_pool
     from slimmer.rules import Action
 
-    return shared_pool() if any(r.action is Action.STRIP for r in ruleset.rules) else contextlib.nullcontext()
+    strips = any(r.action is Action.STRIP for r in ruleset.rules)
+    return shared_pool() if strips or gpu is not None else contextlib.nullcontext()
 
 
-def _make_plan(root: Path, ruleset: Any) -> Plan:
+def _make_plan(root: Path, ruleset: Any, gpu: Any = None) -> Plan:
     from slimmer.plan import make_plan
     from slimmer.progress import Progress
     from slimmer.protect import default_protectors
 
-    return make_plan(root, ruleset, protectors=default_protectors(), progress=Progress.for_terminal("scanning"))
+    return make_plan(
+        root, ruleset, protectors=default_protectors(), progress=Progress.for_terminal("scanning"), gpu=gpu
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -113,6 +153,7 @@ def cli() -> None:
 @root_argument
 @rule_options
 @profile_option
+@gpu_options
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--top", default=10, show_default=True, help="Rows per table.")
 @click.option("-v", "--verbose", is_flag=True, help="List every rule line and every kept path.")
@@ -125,11 +166,16 @@ def plan_cmd(
     top: int,
     verbose: bool,
     profile: str = "default",
+    gpu_arch: Any = None,
+    no_ptx: bool = False,
 ) -> None:
     """Show what would be removed from ROOT, per rule file and per distribution. Changes nothing."""
     from slimmer.report import plan_to_dict, render_plan
 
-    plan = _make_plan(*_load(root, rules, keep, force, profile))
+    gpu = _gpu(gpu_arch, no_ptx)
+    root_path, ruleset = _load(root, rules, keep, force, profile)
+    with _workers(ruleset, gpu):
+        plan = _make_plan(root_path, ruleset, gpu)
     if as_json:
         _emit_json(plan_to_dict(plan, top=top))
     else:
@@ -140,6 +186,7 @@ def plan_cmd(
 @root_argument
 @rule_options
 @profile_option
+@gpu_options
 @click.option("--dry-run", is_flag=True, help="Only print the plan (same as 'slimmer plan').")
 @click.option(
     "--no-commit", is_flag=True, help="Stage the removals but keep the originals, so 'slimmer undo' can restore them."
@@ -162,18 +209,22 @@ def apply_cmd(
     top: int,
     verify: Any = None,
     profile: str = "default",
+    gpu_arch: Any = None,
+    no_ptx: bool = False,
 ) -> None:
     """Remove what the rules select from ROOT: staged first, journaled, then committed."""
     from slimmer.apply import apply_plan
     from slimmer.progress import Progress
     from slimmer.report import apply_to_dict, plan_to_dict, render_apply, render_plan
 
+    gpu = _gpu(gpu_arch, no_ptx)
     root_path, ruleset = _load(root, rules, keep, force, profile)
-    with _workers(ruleset):  # started now: they import LIEF while the plan walks the tree
-        plan = _make_plan(root_path, ruleset)
+    with _workers(ruleset, gpu):  # started now: they import LIEF while the plan walks the tree
+        plan = _make_plan(root_path, ruleset, gpu)
         if dry_run:
             _emit_json(plan_to_dict(plan, top=top)) if as_json else click.echo(render_plan(plan, top=top))
             return
+        from slimmer.elf.pruner import Pruner
         from slimmer.elf.strip import Stripper
         from slimmer.protect.condameta import CondaMetaRewriter
         from slimmer.protect.records import RecordRewriter
@@ -183,8 +234,9 @@ def apply_cmd(
             plan,
             commit=not no_commit,
             wait=wait,
-            # RECORD and conda-meta last: they hash what the stripper rewrote
-            rewriters=(Stripper(), RecordRewriter(), CondaMetaRewriter()),
+            # pruning after stripping (it lays out the stripped file); RECORD and conda-meta last:
+            # they hash what the stripper and the pruner rewrote
+            rewriters=(Stripper(), *([Pruner(gpu)] if gpu else []), RecordRewriter(), CondaMetaRewriter()),
             progress=Progress.for_terminal("removing"),
         )
     if as_json:

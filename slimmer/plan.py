@@ -19,6 +19,7 @@ from slimmer.walk import Entry, Kind, Tree, walk
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from slimmer.elf.pruner import GpuPruning, PruneDecision
     from slimmer.elf.strip import Analysis, StripDecision
     from slimmer.rules import Rule, RuleSet
 
@@ -92,6 +93,18 @@ class Plan:
     strips: tuple[StripDecision, ...] = ()  # ELF files a strip rule selects: stripped or skipped, and why
     # Files the plan removes because a rule names their place, although kept code reads them: (rel, who reads it)
     reads: tuple[tuple[str, str], ...] = ()
+    gpu: GpuPruning | None = None  # --gpu-arch: the targets device code is pruned to
+    prunes: tuple[PruneDecision, ...] = ()  # libraries with device code: pruned or skipped, and why
+
+    @property
+    def prune_saving(self) -> int:
+        """Bytes that pruning device code is predicted to save."""
+        return sum(d.saving for d in self.prunes)
+
+    @property
+    def bytes_saved_predicted(self) -> int:
+        """Removed + predicted strip and prune savings."""
+        return self.bytes_removed + self.strip_saving + self.prune_saving
 
     @property
     def bytes_removed(self) -> int:
@@ -241,6 +254,7 @@ def make_plan(
     *,
     protectors: tuple[Protector, ...] = (),
     progress: Progress | None = None,
+    gpu: GpuPruning | None = None,
 ) -> Plan:
     """Walk `root`, match `rules`, let `protectors` keep what must stay; change nothing."""
     start = time.monotonic()
@@ -332,6 +346,12 @@ def make_plan(
             f"(first: {outside_links[0]}): removing them frees no space"
         )
     strips = _plan_strips(ctx, _not_removed(strip_rules, removing), early)
+    prunes: tuple[PruneDecision, ...] = ()
+    if gpu is not None:
+        from slimmer.elf.pruner import plan_prunes
+
+        kept_files = (e.rel for e in tree.entries if e.kind is Kind.FILE and e.rel not in removing)
+        prunes = plan_prunes(ctx, kept_files, gpu)
     return Plan(
         root=root,
         rule_names=rules.names,
@@ -345,4 +365,6 @@ def make_plan(
         seconds=time.monotonic() - start,
         strips=strips,
         reads=tuple(sorted((rel, why) for rel, why in reads.items() if rel in removing)),
+        gpu=gpu,
+        prunes=prunes,
     )

@@ -69,6 +69,7 @@ def render_plan(plan: Plan, *, top: int = 10, verbose: bool = False) -> str:
         if len(plan.kept) > len(shown):
             lines.append(f"  ... {len(plan.kept) - len(shown)} more (--verbose lists all)")
     lines += _strip_lines(plan, top)
+    lines += _prune_lines(plan, top, verbose)
     breaks = plan.breakages()
     if breaks:
         lines.append("Stops working after this plan (@breaks of the rules that remove it):")
@@ -83,12 +84,13 @@ def render_plan(plan: Plan, *, top: int = 10, verbose: bool = False) -> str:
         if len(plan.reads) > len(shown):
             lines.append(f"  ... {len(plan.reads) - len(shown)} more (--verbose lists all)")
     lines.extend(f"warning: {w}" for w in plan.warnings)
-    saved = plan.bytes_removed + plan.strip_saving
-    split = (
-        f" ({size(plan.bytes_removed)} removed + {size(plan.strip_saving)} stripped, predicted)"
-        if plan.strip_saving
-        else ""
-    )
+    saved = plan.bytes_saved_predicted
+    parts = [f"{size(plan.bytes_removed)} removed"]
+    if plan.strip_saving:
+        parts.append(f"{size(plan.strip_saving)} stripped")
+    if plan.prune_saving:
+        parts.append(f"{size(plan.prune_saving)} device code pruned")
+    split = f" ({' + '.join(parts)}, predicted)" if len(parts) > 1 else ""
     lines.append(
         f"Total: {plan.files_removed} of {plan.files_before} files removed, "
         f"{size(saved)} of {size(plan.bytes_before)} saved ({_pct(saved, plan.bytes_before)}){split}; "
@@ -106,6 +108,73 @@ def _strip_lines(plan: Plan, top: int) -> list[str]:
     for reason, count in plan.strip_skips().items():
         lines.append(f"  skipped {count:>5}: {reason}")
     return lines
+
+
+def _prune_lines(plan: Plan, top: int, verbose: bool) -> list[str]:
+    from slimmer.elf.pruner import dropped_by_arch, saving_by_distribution
+
+    if plan.gpu is None:
+        return []
+    pruned = [d for d in plan.prunes if d.saving]
+    title = f"GPU device code, pruned to {plan.gpu.label}, predicted, by distribution:"
+    lines = _table(title, saving_by_distribution(plan.prunes), top)
+    lines.append(
+        f"Device code: {len(pruned)} of {len(plan.prunes)} libraries with a .nv_fatbin pruned, "
+        f"{size(plan.prune_saving)} predicted"
+    )
+    dropped = dropped_by_arch(plan.prunes)
+    if dropped:
+        lines.append("  dropped: " + ", ".join(f"{name} {size(n)}" for name, n in list(dropped.items())[:12]))
+    shown = pruned if verbose else sorted(pruned, key=lambda d: -d.saving)[:top]
+    for d in shown:
+        whole = f"; {len(d.kept_whole)} of {d.containers} containers kept whole" if d.kept_whole else ""
+        lines.append(f"  {size(d.saving):>10}  {d.rel} (device code {size(d.fatbin)}{whole})")
+    for d in plan.prunes:
+        if d.skip:
+            lines.append(f"  not pruned {d.rel}: {d.skip}")
+    whole = sum(len(d.kept_whole) for d in pruned)
+    if whole:
+        example = next(w for d in pruned for w in d.kept_whole)
+        lines.append(f"  {whole} containers kept whole: nothing in them would run on a target (e.g. {example})")
+    outside = [d for d in plan.prunes if d.outside]
+    if outside:
+        lines.append(
+            f"  device code outside .nv_fatbin, left as is: {sum(d.outside for d in outside)} images "
+            f"in {len(outside)} libraries (e.g. {outside[0].rel})"
+        )
+    return lines
+
+
+def _prunes_to_dict(plan: Plan) -> dict[str, Any] | None:
+    from slimmer.elf.pruner import dropped_by_arch, saving_by_distribution
+
+    if plan.gpu is None:
+        return None
+    return {
+        "targets": [str(t) for t in plan.gpu.targets],
+        "keep_ptx": plan.gpu.keep_ptx,
+        "predicted_bytes": plan.prune_saving,
+        "by_distribution": [
+            {"name": k, "files": f, "bytes": b} for k, (f, b) in saving_by_distribution(plan.prunes).items()
+        ],
+        "dropped_by_arch": dropped_by_arch(plan.prunes),
+        "files": [
+            {
+                "path": d.rel,
+                "dist": d.dist,
+                "size": d.size,
+                "fatbin_bytes": d.fatbin,
+                "bytes": d.saving,
+                "skipped": d.skip or None,
+                "dropped": d.dropped,
+                "kept": d.kept,
+                "containers": d.containers,
+                "kept_whole": list(d.kept_whole),
+                "device_code_outside_fatbin": d.outside,
+            }
+            for d in plan.prunes
+        ],
+    }
 
 
 def _strips_to_dict(plan: Plan) -> dict[str, Any]:
@@ -151,7 +220,7 @@ def plan_to_dict(plan: Plan, *, top: int = 20) -> dict[str, Any]:
         "bytes_before": plan.bytes_before,
         "files_removed": plan.files_removed,
         "bytes_removed": plan.bytes_removed,
-        "bytes_saved_predicted": plan.bytes_removed + plan.strip_saving,  # removed + stripping's prediction
+        "bytes_saved_predicted": plan.bytes_saved_predicted,  # removed + stripping's and pruning's predictions
         "seconds": round(plan.seconds, 3),
         "by_rule_file": table(plan.by_rule_file()),
         "by_rule": table(plan.by_rule()),
@@ -177,6 +246,7 @@ def plan_to_dict(plan: Plan, *, top: int = 20) -> dict[str, Any]:
         "read_at_run_time": [{"path": rel, "reader": why} for rel, why in plan.reads],
         "warnings": list(plan.warnings),
         "strip": _strips_to_dict(plan),
+        "gpu_prune": _prunes_to_dict(plan),
     }
 
 
@@ -191,6 +261,15 @@ def render_apply(plan: Plan, result: ApplyResult) -> str:
         lines.append(f"Stripped {len(stripped)} files: {size(measured)} saved (predicted {size(plan.strip_saving)})")
         for rel, why in result.skipped.get("strip", []):
             lines.append(f"  not stripped {rel}: {why}")
+    pruned = result.rewritten.get("prune", [])
+    if plan.gpu is not None:
+        measured = sum(old - new for _, old, new in pruned)
+        predicted = size(plan.prune_saving)
+        lines.append(f"Pruned device code of {len(pruned)} libraries: {size(measured)} saved (predicted {predicted})")
+        for rel, old, new in sorted(pruned, key=lambda r: r[2] - r[1])[:10]:
+            lines.append(f"  {size(old - new):>10}  {rel}")
+        for rel, why in result.skipped.get("prune", []):
+            lines.append(f"  not pruned {rel}: {why}")
     if result.undone:
         state = "undone: the tree is as it was"
     elif result.committed:
@@ -215,6 +294,8 @@ def apply_to_dict(plan: Plan, result: ApplyResult) -> dict[str, Any]:
         "failures": [{"path": p, "error": e} for p, e in result.failures],
         "stripped": [{"path": r, "before": old, "after": new} for r, old, new in result.rewritten.get("strip", [])],
         "strip_skipped": [{"path": r, "reason": why} for r, why in result.skipped.get("strip", [])],
+        "pruned": [{"path": r, "before": old, "after": new} for r, old, new in result.rewritten.get("prune", [])],
+        "prune_skipped": [{"path": r, "reason": why} for r, why in result.skipped.get("prune", [])],
         "committed": result.committed,
         "undone": result.undone,
         "seconds": round(plan.seconds + result.seconds, 3),

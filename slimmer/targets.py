@@ -42,3 +42,11 @@ def relative_inside(root: Path, path: str) -> str:
             msg = f"{path} is outside {root}"
             raise UsageError(msg)
     return rel.as_posix().strip("/") if str(rel) != "." else ""
+
+
+def file_under(root: str | os.PathLike[str], rel: str) -> str | None:
+    """The path of `rel` under `root` if it still resolves inside the root (no link planted since
+    the plan leads out of it), else None."""
+    real_root = os.path.realpath(root)
+    path = os.path.join(root, rel)
+    return path if os.path.realpath(path).startswith(real_root + os.sep) else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -40,28 +40,61 @@ def _lines(report: ElfReport) -> list[str]:
         sass = " ".join(f"sm_{n}" for n in fb.sass) or "none"
         ptx = " ".join(f"compute_{n}" for n in fb.ptx) or "none"
         lines.append(f"  device code: SASS {sass}; PTX {ptx} ({fb.entries} entries, {size(fb.size)})")
+        if fb.by_arch:
+            lines.append("  by architecture: " + ", ".join(f"{name} {size(n)}" for name, n in fb.by_arch))
         if fb.error:
             lines.append(f"  device code warning: {fb.error}")
     return lines
+
+
+def _prune_saving(path: str, targets: Any, keep_ptx: bool) -> tuple[int, str]:
+    from slimmer.elf import prune
+
+    try:
+        return prune.layout(path, targets, keep_ptx).saving, ""
+    except prune.PruneRefused as exc:
+        return 0, str(exc)
 
 
 @click.command("elf")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON.")
 @click.option("--jobs", type=click.IntRange(min=1), default=None, help="Worker processes (default: one per core).")
-def elf_cmd(paths: tuple[str, ...], as_json: bool, jobs: int | None) -> None:
+@click.option(
+    "--gpu-arch",
+    "gpu_arch",
+    multiple=True,
+    metavar="ARCH",
+    help="Also say what 'apply --gpu-arch ARCH' would save in each file with device code (repeatable).",
+)
+@click.option("--no-ptx", is_flag=True, help="With --gpu-arch: as 'apply --no-ptx'.")
+def elf_cmd(paths: tuple[str, ...], as_json: bool, jobs: int | None, gpu_arch: tuple[str, ...], no_ptx: bool) -> None:
     """Analyse the ELF files in PATHS (files or folders): symbols, dependencies, device code. Reads only."""
     from slimmer.elf.analyze import analyse_many, describe, find_elf
+    from slimmer.elf.gpuarch import GpuArchError, parse_targets
     from slimmer.report import size
 
+    try:
+        targets = parse_targets(gpu_arch)
+    except GpuArchError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--gpu-arch'") from exc
     start = time.monotonic()
     reports = analyse_many(find_elf(paths), jobs=jobs)
+    prunes = {r.path: _prune_saving(r.path, targets, not no_ptx) for r in reports if targets and r.fatbin}
     seconds = time.monotonic() - start
     if as_json:
-        click.echo(json.dumps({"files": [describe(r) for r in reports], "seconds": round(seconds, 3)}, indent=2))
+        files = [describe(r) | ({"gpu_arch_saving": prunes[r.path]} if r.path in prunes else {}) for r in reports]
+        click.echo(json.dumps({"files": files, "seconds": round(seconds, 3)}, indent=2))
         return
     for report in reports:
         click.echo("\n".join(_lines(report)))
+        if report.path in prunes:
+            saving, why = prunes[report.path]
+            label = ",".join(str(t) for t in targets)
+            click.echo(f"  --gpu-arch {label} saves {size(saving)}" if saving else f"  --gpu-arch {label}: {why}")
+    if prunes:
+        total = sum(saving for saving, _ in prunes.values())
+        click.echo(f"--gpu-arch would save {size(total)} in {sum(1 for s, _ in prunes.values() if s)} files.")
     saving = sum(r.strip_saving for r in reports)
     stripped = sum(1 for r in reports if r.stripped and not r.error)
     cuda = sum(1 for r in reports if r.fatbin)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from slimmer.elf import pool as pool_mod
-from slimmer.elf.analyze import ElfReport, analyse, is_elf
+from slimmer.elf.analyze import ElfReport, analyse, identity_changes, is_elf
 from slimmer.elf.pool import bounded_map, release_memory
 from slimmer.protect.records import record_hash
 
@@ -110,17 +110,7 @@ def check_stripped(before: ElfReport, after: ElfReport | None) -> str | None:
     """Why the stripped file `after` may not replace `before`, or None if it may."""
     if after is None or after.error:
         return f"LIEF cannot read it: {after.error if after else 'not ELF'}"
-    problems = []
-    if after.needed != before.needed:
-        problems.append(f"DT_NEEDED changed {list(before.needed)} -> {list(after.needed)}")
-    if after.soname != before.soname:
-        problems.append(f"SONAME changed {before.soname} -> {after.soname}")
-    if (after.rpath, after.runpath) != (before.rpath, before.runpath):
-        problems.append("RPATH/RUNPATH changed")
-    if after.build_id != before.build_id:
-        problems.append("build-id changed")
-    if after.debuglink != before.debuglink:
-        problems.append(".gnu_debuglink changed")
+    problems = identity_changes(before, after)
     if before.load_aligned and not after.load_aligned:
         bad = next(s for s in after.loads if not s.aligned)
         problems.append(
@@ -317,14 +307,15 @@ class Stripper:
         self.jobs = jobs
 
     def rewrite(self, plan: Plan, result: ApplyResult, tmp_for: Callable[[str], Path]) -> Iterable[str]:
+        from slimmer.targets import file_under
+
         skipped = result.skipped.setdefault(self.name, [])
-        root = os.path.realpath(plan.root)
         work = []
         for d in plan.strips:
             if d.verdict is not Verdict.STRIP or d.report is None:
                 continue
-            src = os.path.join(plan.root, d.rel)
-            if not os.path.realpath(src).startswith(root + os.sep):
+            src = file_under(plan.root, d.rel)
+            if src is None:
                 skipped.append((d.rel, "no longer a file under the root"))
                 continue
             work.append(_StripJob(src, os.fspath(tmp_for(d.rel)), d.size, d.report))
@@ -341,14 +332,14 @@ class Stripper:
                     continue
                 with contextlib.suppress(OSError):
                     fd = os.open(job.tmp, os.O_RDONLY | os.O_NOFOLLOW)
-                    hashes[rel] = hasher.submit(_hash_fd, fd)
+                    hashes[rel] = hasher.submit(hash_fd, fd)
                 yield rel
             for rel, future in hashes.items():
                 with contextlib.suppress(OSError):
                     result.digests[rel] = future.result()
 
 
-def _hash_fd(fd: int) -> tuple[str, int, int]:
+def hash_fd(fd: int) -> tuple[str, int, int]:
     """(RECORD hash, size, inode) of an open file; closes it."""
     with os.fdopen(fd, "rb") as fh:
         digest, size = record_hash(fh)

@@ -1,0 +1,226 @@
+"""`--gpu-arch`: which libraries' device code the plan prunes (`plan_prunes`), and the `Pruner`
+rewriter that does it in `apply` (after stripping, before RECORD and conda-meta).
+
+Every kept ELF file with a `.nv_fatbin` section is looked at. The plan computes each file's new
+layout exactly (`slimmer.elf.prune.layout`, headers only), so its saving is a prediction of the
+bytes, and a file that cannot be pruned safely is listed with the reason. Apply lays the file out
+again (stripping may have changed it), writes it beside, checks it and hands it to apply, which
+stages the original for `undo`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from slimmer.elf import prune
+from slimmer.elf.elf64 import ElfFile, ElfFormatError
+from slimmer.elf.pool import bounded_map
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from pathlib import Path
+
+    from slimmer.apply import ApplyResult
+    from slimmer.elf.gpuarch import Target
+    from slimmer.plan import Plan, PlanContext
+    from slimmer.walk import Entry
+
+LAYOUT_COST = 32 << 20  # memory a layout job holds (headers, entry lists), whatever the file size
+
+
+@dataclass(frozen=True)
+class GpuPruning:
+    """What `--gpu-arch` asks for."""
+
+    targets: tuple[Target, ...]
+    keep_ptx: bool = True
+
+    @property
+    def label(self) -> str:
+        names = ", ".join(str(t) for t in self.targets)
+        return names + ("" if self.keep_ptx else " (no PTX)")
+
+
+@dataclass(frozen=True)
+class PruneDecision:
+    """What the plan does with one library's device code."""
+
+    rel: str
+    dist: str
+    size: int
+    saving: int  # predicted bytes saved; 0 when skipped
+    skip: str = ""  # why it is left as it is
+    fatbin: int = 0  # bytes of .nv_fatbin
+    dropped: dict[str, int] = field(default_factory=dict)  # entry name (sm_80, compute_90) -> bytes
+    kept: dict[str, int] = field(default_factory=dict)
+    containers: int = 0
+    kept_whole: tuple[str, ...] = ()  # why each container kept whole is kept
+    outside: int = 0  # device code images outside .nv_fatbin, left as is
+
+    @property
+    def reason(self) -> str:
+        if self.skip:
+            return self.skip
+        return f"prune: drops {sum(self.dropped.values())} bytes of device code"
+
+
+@dataclass(frozen=True)
+class _Job:
+    rel: str
+    path: str
+    size: int
+    dist: str
+
+
+def _has_fatbin(path: str) -> int:
+    """Size of the .nv_fatbin section of the ELF file at `path`, 0 if none or not ELF."""
+    try:
+        with ElfFile(path) as elf:
+            sec = elf.section(prune.SECTION)
+            return sec.size if sec is not None else 0
+    except (ElfFormatError, OSError):
+        return 0
+
+
+def _layout_job(args: tuple[_Job, GpuPruning]) -> PruneDecision:
+    job, gpu = args
+    fatbin = _has_fatbin(job.path)
+    try:
+        plan = prune.layout(job.path, gpu.targets, gpu.keep_ptx)
+    except prune.PruneRefused as exc:
+        return PruneDecision(job.rel, job.dist, job.size, 0, str(exc), fatbin)
+    return PruneDecision(
+        job.rel,
+        job.dist,
+        job.size,
+        plan.saving,
+        "",
+        fatbin,
+        plan.dropped_by_arch(),
+        plan.kept_by_arch(),
+        len(plan.choices),
+        plan.kept_whole,
+        plan.outside,
+    )
+
+
+def _eligible(entry: Entry, root: str) -> str:
+    """'' if the walked entry may be pruned, else why not."""
+    if entry.nlink > 1:
+        return f"{entry.nlink} hard links: a new copy would not free the old one"
+    if not entry.mode & stat.S_IWUSR or not os.access(os.path.dirname(os.path.join(root, entry.rel)), os.W_OK):
+        return f"not writable (mode {stat.filemode(entry.mode)})"
+    return ""
+
+
+def plan_prunes(ctx: PlanContext, kept_files: Iterable[str], gpu: GpuPruning) -> tuple[PruneDecision, ...]:
+    """Decisions for every kept ELF file with a .nv_fatbin section; reads only."""
+    from slimmer.elf.analyze import is_elf
+
+    root = os.fspath(ctx.tree.root)
+    jobs, decisions = [], []
+    for rel in kept_files:
+        entry = ctx.by_rel[rel]
+        path = os.path.join(root, rel)
+        if not is_elf(path):
+            continue
+        fatbin = _has_fatbin(path)
+        if not fatbin:
+            continue
+        dist = ctx.owners.label(rel)
+        why = _eligible(entry, root)
+        if why:
+            decisions.append(PruneDecision(rel, dist, entry.size, 0, why, fatbin))
+            continue
+        jobs.append(_Job(rel, path, entry.size, dist))
+    for _args, decision in bounded_map(_layout_job, [(j, gpu) for j in jobs], cost=lambda _a: LAYOUT_COST):
+        decisions.append(decision)
+    return tuple(sorted(decisions, key=lambda d: d.rel))
+
+
+def saving_by_distribution(decisions: Iterable[PruneDecision]) -> dict[str, tuple[int, int]]:
+    files: Counter[str] = Counter()
+    saved: Counter[str] = Counter()
+    for d in decisions:
+        if d.saving:
+            files[d.dist] += 1
+            saved[d.dist] += d.saving
+    return {k: (files[k], saved[k]) for k in sorted(saved, key=lambda k: (-saved[k], k))}
+
+
+def dropped_by_arch(decisions: Iterable[PruneDecision]) -> dict[str, int]:
+    out: Counter[str] = Counter()
+    for d in decisions:
+        if d.saving:
+            out.update(d.dropped)
+    return dict(out.most_common())
+
+
+@dataclass(frozen=True)
+class _PruneJob:
+    src: str
+    tmp: str
+    size: int
+    gpu: GpuPruning
+
+
+def _prune_job(job: _PruneJob) -> tuple[str | None, int]:
+    """Prune `src` into `tmp` and check it: (None, new size), or (why not, 0) and `tmp` is deleted."""
+    try:
+        st = os.lstat(job.src)
+        if not stat.S_ISREG(st.st_mode):
+            return "no longer a regular file", 0
+        plan = prune.layout(job.src, job.gpu.targets, job.gpu.keep_ptx)
+        prune.write(plan, job.tmp)
+        why = prune.check(plan, job.tmp)
+        if why is None:
+            if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
+                os.chown(job.tmp, st.st_uid, st.st_gid)
+            return None, plan.new_size
+    except prune.PruneRefused as exc:
+        why = str(exc)
+    except OSError as exc:
+        why = f"cannot write the pruned copy: {exc.strerror or exc}"
+    with contextlib.suppress(OSError):
+        os.unlink(job.tmp)
+    return why, 0
+
+
+class Pruner:
+    """The `Rewriter` that prunes device code of the libraries the plan says to prune."""
+
+    name = "prune"
+
+    def __init__(self, gpu: GpuPruning, *, jobs: int | None = None) -> None:
+        self.gpu = gpu
+        self.jobs = jobs
+
+    def rewrite(self, plan: Plan, result: ApplyResult, tmp_for: Callable[[str], Path]) -> Iterable[str]:
+        from slimmer.elf.strip import hash_fd
+        from slimmer.targets import file_under
+
+        skipped = result.skipped.setdefault(self.name, [])
+        work = []
+        for d in plan.prunes:
+            if not d.saving:
+                continue
+            src = file_under(plan.root, d.rel)
+            if src is None:
+                skipped.append((d.rel, "no longer a file under the root"))
+                continue
+            work.append(_PruneJob(src, os.fspath(tmp_for(d.rel)), d.size, self.gpu))
+        rel_of = {job.src: os.path.relpath(job.src, plan.root) for job in work}
+        for job, (why, _new_size) in bounded_map(_prune_job, work, cost=lambda j: j.size, jobs=self.jobs):
+            rel = rel_of[job.src]
+            if why is not None:
+                skipped.append((rel, why))
+                continue
+            with contextlib.suppress(OSError):
+                fd = os.open(job.tmp, os.O_RDONLY | os.O_NOFOLLOW)
+                result.digests[rel] = hash_fd(fd)
+            yield rel
