@@ -131,3 +131,18 @@ def test_checks_take_the_forms_slimmer_verify_reads_and_reach_the_final_run(tmp_
     assert f"slimmer apply --rules default --verify{args} /opt/venv" in text
     with pytest.raises(UsageError, match="checks must be a list of Python snippets"):
         make_config({"checks": [{"shell": "x"}]}, base=tmp_path)
+
+
+def test_gpu_archs_and_profile_reach_the_slim_command_of_both_paths(tmp_path: Path) -> None:
+    from slimmer.pipeline.build import _slim_command
+
+    cfg = make_config({"gpu_archs": ["sm_90a", "8.0"], "profile": "runtime"}, base=tmp_path, origin="slimmer.toml")
+    assert cfg.gpu_archs == ("sm_80", "sm_90")
+    expected = "--rules default --gpu-arch sm_80 --gpu-arch sm_90 --profile runtime"
+    assert expected in _slim_command(cfg)
+    assert expected in render_dockerfile(cfg, cwd=tmp_path)
+
+
+def test_bad_gpu_arch_in_config_is_one_clean_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="slimmer.toml: gpu_archs: 'gfx90a' is not a GPU architecture"):
+        make_config({"gpu_archs": ["gfx90a"]}, base=tmp_path, origin="slimmer.toml")

@@ -47,7 +47,13 @@ def config_options(func: F) -> F:
         click.option("--torch-cuda-arch-list", help="TORCH_CUDA_ARCH_LIST for source builds."),
         click.option("--max-jobs", type=int, help="Parallel compile jobs (0: from memory, 3 GiB per job)."),
         click.option("--rules", "rules", multiple=True, help="Rule set for slimming. Repeatable (default: default)."),
-        click.option("--profile", help="Verify profile."),
+        click.option("--profile", help="Slimming profile ('runtime' drops run-time compilation)."),
+        click.option(
+            "--gpu-arch",
+            "gpu_archs",
+            multiple=True,
+            help="Prune CUDA device code to this GPU architecture (sm_90 ...). Repeatable.",
+        ),
         click.option(
             "--check", "checks", multiple=True, help="Python code that must run in the final image. Repeatable."
         ),

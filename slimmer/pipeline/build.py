@@ -373,13 +373,10 @@ def _first_line(box: Container, script: str) -> str:
 
 
 def _slim_command(cfg: PipelineConfig) -> str:
-    """`slimmer apply --verify` with the config's rules, profile and checks (the slimmer in the
-    container is a wheel of this very source, so every option exists)."""
-    rules = " ".join(f"--rules {shlex.quote(r)}" for r in cfg.rules)
+    """`slimmer apply --verify` with the config's rules, profile, GPU targets and checks (the slimmer
+    in the container is a wheel of this very source, so every option exists)."""
     verify = " --verify" + cfg.check_args() + ("" if cfg.compile_check else " --no-compile-check")
-    if cfg.profile:
-        verify += f" --profile {shlex.quote(cfg.profile)}"
-    return f"{TOOL_ENV}/bin/slimmer apply {rules}{verify} {cfg.env_path}"
+    return f"{TOOL_ENV}/bin/slimmer apply {cfg.slim_args()}{verify} {cfg.env_path}"
 
 
 def _runtime_dockerfile(cfg: PipelineConfig, base: str, source_image: str) -> str:

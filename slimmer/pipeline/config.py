@@ -87,6 +87,7 @@ class PipelineConfig:
     max_jobs: int = 0  # 0: from the engine's memory, 3 GiB per job
     rules: tuple[str, ...] = ("default",)
     profile: str = ""
+    gpu_archs: tuple[str, ...] = ()  # `apply --gpu-arch`: prune device code to these GPUs
     checks: tuple[tuple[str, str], ...] = ()  # ("python", snippet) or ("command", shell command)
     gpus: str = "auto"  # auto | all | none
     compile_check: bool = True  # torch.compile in the devel stage's verify (the runtime image has no compiler)
@@ -98,6 +99,13 @@ class PipelineConfig:
     @property
     def torch_requirement(self) -> str:
         return f"torch=={self.torch_version}" if self.torch_version else "torch"
+
+    def slim_args(self) -> str:
+        """The rules, profile and GPU targets as `slimmer apply` options (one place for the pipeline
+        and `slimmer dockerfile`)."""
+        out = " ".join(f"--rules {shlex.quote(r)}" for r in self.rules)
+        out += "".join(f" --gpu-arch {shlex.quote(a)}" for a in self.gpu_archs)
+        return out + (f" --profile {shlex.quote(self.profile)}" if self.profile else "")
 
     def check_args(self) -> str:
         """The checks as `slimmer verify` / `slimmer apply --verify` options."""
@@ -121,6 +129,7 @@ _LISTS = {
     "find_links",
     "index_urls",
     "rules",
+    "gpu_archs",
 }
 _PATHS = {"wheelhouse", "ccache_dir", "log_dir"}
 KEYS = tuple(f.name for f in dataclasses.fields(PipelineConfig))
@@ -172,6 +181,13 @@ def _coerce(key: str, value: Any, *, base: Path, origin: str) -> Any:
                 return tuple(Extension.parse(v, base) for v in value)
             except UsageError as exc:
                 raise UsageError(f"{origin}: {exc}") from exc
+        if key == "gpu_archs":
+            from slimmer.elf.gpuarch import GpuArchError, parse_targets
+
+            try:
+                return tuple(str(t) for t in parse_targets(value))
+            except GpuArchError as exc:
+                raise UsageError(f"{origin}: gpu_archs: {exc}") from exc
         return tuple(value)
     if key == "checks":
         return _checks(value, bad)

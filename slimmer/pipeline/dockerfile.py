@@ -82,7 +82,6 @@ def render_dockerfile(
     out += [f"ARG MAX_JOBS={cfg.max_jobs or ''}", f"RUN {JOBS}"]
     for ext in cfg.extensions:
         out += _extension_step(cfg, ext, links, run_build, arch, cwd)
-    rules = " ".join(f"--rules {shlex.quote(r)}" for r in cfg.rules)
     verify = ""
     if apply_verify:
         verify = " --verify" + cfg.check_args() + ("" if cfg.compile_check else " --no-compile-check")
@@ -92,7 +91,7 @@ def render_dockerfile(
     out += [
         "# slimmer lives in its own venv, so it adds nothing to the environment it slims.",
         f"{run_pip}{cfg.python} -m venv {TOOL_ENV} && {TOOL_ENV}/bin/pip install {shlex.quote(slimmer_requirement)}",
-        f"RUN {TOOL_ENV}/bin/slimmer apply {rules}{verify} {env}",
+        f"RUN {TOOL_ENV}/bin/slimmer apply {cfg.slim_args()}{verify} {env}",
         "",
         f"FROM {cfg.runtime_image} AS runtime",
     ]
