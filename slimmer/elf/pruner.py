@@ -10,7 +10,6 @@ stages the original for `undo`.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 from collections import Counter
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING
 from slimmer.elf import prune
 from slimmer.elf.elf64 import ElfFile, ElfFormatError
 from slimmer.elf.pool import bounded_map
+from slimmer.elf.rewrite import discard, keep_owner, run_jobs, writable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -113,7 +113,7 @@ def _eligible(entry: Entry, root: str) -> str:
     """'' if the walked entry may be pruned, else why not."""
     if entry.nlink > 1:
         return f"{entry.nlink} hard links: a new copy would not free the old one"
-    if not entry.mode & stat.S_IWUSR or not os.access(os.path.dirname(os.path.join(root, entry.rel)), os.W_OK):
+    if not writable(os.path.join(root, entry.rel), entry.mode):
         return f"not writable (mode {stat.filemode(entry.mode)})"
     return ""
 
@@ -169,26 +169,24 @@ class _PruneJob:
     gpu: GpuPruning
 
 
-def _prune_job(job: _PruneJob) -> tuple[str | None, int]:
-    """Prune `src` into `tmp` and check it: (None, new size), or (why not, 0) and `tmp` is deleted."""
+def _prune_job(job: _PruneJob) -> str | None:
+    """Prune `src` into `tmp` and check it: None, or why not (and `tmp` is deleted)."""
     try:
         st = os.lstat(job.src)
         if not stat.S_ISREG(st.st_mode):
-            return "no longer a regular file", 0
+            return "no longer a regular file"
         plan = prune.layout(job.src, job.gpu.targets, job.gpu.keep_ptx)
         prune.write(plan, job.tmp)
         why = prune.check(plan, job.tmp)
         if why is None:
-            if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
-                os.chown(job.tmp, st.st_uid, st.st_gid)
-            return None, plan.new_size
+            keep_owner(job.tmp, st)
+            return None
     except prune.PruneRefused as exc:
         why = str(exc)
     except OSError as exc:
         why = f"cannot write the pruned copy: {exc.strerror or exc}"
-    with contextlib.suppress(OSError):
-        os.unlink(job.tmp)
-    return why, 0
+    discard(job.tmp)
+    return why
 
 
 class Pruner:
@@ -201,7 +199,6 @@ class Pruner:
         self.jobs = jobs
 
     def rewrite(self, plan: Plan, result: ApplyResult, tmp_for: Callable[[str], Path]) -> Iterable[str]:
-        from slimmer.elf.strip import hash_fd
         from slimmer.targets import file_under
 
         skipped = result.skipped.setdefault(self.name, [])
@@ -214,13 +211,4 @@ class Pruner:
                 skipped.append((d.rel, "no longer a file under the root"))
                 continue
             work.append(_PruneJob(src, os.fspath(tmp_for(d.rel)), d.size, self.gpu))
-        rel_of = {job.src: os.path.relpath(job.src, plan.root) for job in work}
-        for job, (why, _new_size) in bounded_map(_prune_job, work, cost=lambda j: j.size, jobs=self.jobs):
-            rel = rel_of[job.src]
-            if why is not None:
-                skipped.append((rel, why))
-                continue
-            with contextlib.suppress(OSError):
-                fd = os.open(job.tmp, os.O_RDONLY | os.O_NOFOLLOW)
-                result.digests[rel] = hash_fd(fd)
-            yield rel
+        yield from run_jobs(_prune_job, work, root=plan.root, result=result, skipped=skipped, jobs=self.jobs)

@@ -12,7 +12,6 @@ the system's temp folder for files that patchelf rewrote).
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import os
 import shutil
@@ -20,14 +19,13 @@ import stat
 import subprocess
 import tempfile
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from slimmer.elf import pool as pool_mod
 from slimmer.elf.analyze import ElfReport, analyse, identity_changes, is_elf
 from slimmer.elf.pool import bounded_map, release_memory
-from slimmer.protect.records import record_hash
+from slimmer.elf.rewrite import discard, keep_owner, run_jobs, writable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -160,12 +158,6 @@ def _analyse_job(job: _Job) -> _Outcome:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _writable(path: str, mode: int) -> bool:
-    if not mode & stat.S_IWUSR:
-        return False
-    return os.access(os.path.dirname(path) or ".", os.W_OK | os.X_OK)
-
-
 def decide(
     entry: Entry,
     outcome: _Outcome,
@@ -194,7 +186,7 @@ def decide(
         # A strip makes a new inode: the other links would keep the old bytes and the disk would
         # hold both versions.
         return skip(Skip.LINKS_INSIDE, f"{entry.nlink} links: stripping one would store a second copy")
-    if not _writable(report.path, entry.mode):
+    if not writable(report.path, entry.mode):
         return skip(Skip.NOT_WRITABLE, f"mode {stat.filemode(entry.mode)}")
     if report.patchelf_signs and outcome.trial_error:
         return skip(Skip.PATCHELF_CHECK_FAILED, outcome.trial_error)
@@ -290,11 +282,9 @@ def _strip_job(job: _StripJob) -> str | None:
         after = analyse(job.tmp)
         why = check_stripped(job.before, after)
         if why is None and after is not None:
-            if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
-                os.chown(job.tmp, st.st_uid, st.st_gid)  # keep the owner; apply restores the mode after
+            keep_owner(job.tmp, st)
             return None
-    with contextlib.suppress(OSError):
-        os.unlink(job.tmp)
+    discard(job.tmp)
     return why
 
 
@@ -319,28 +309,4 @@ class Stripper:
                 skipped.append((d.rel, "no longer a file under the root"))
                 continue
             work.append(_StripJob(src, os.fspath(tmp_for(d.rel)), d.size, d.report))
-        rel_of = {job.src: os.path.relpath(job.src, plan.root) for job in work}
-        # The RECORD rewriter needs the sha256 of each new file: a thread here takes it while the
-        # workers strip the next files (the file is in the page cache). It reads through a
-        # descriptor opened before the rename into place; the inode tells RECORD it is that file.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimmer-hash") as hasher:
-            hashes: dict[str, Future[tuple[str, int, int]]] = {}
-            for job, why in bounded_map(_strip_job, work, cost=lambda j: j.size, jobs=self.jobs):
-                rel = rel_of[job.src]
-                if why is not None:
-                    skipped.append((rel, why))
-                    continue
-                with contextlib.suppress(OSError):
-                    fd = os.open(job.tmp, os.O_RDONLY | os.O_NOFOLLOW)
-                    hashes[rel] = hasher.submit(hash_fd, fd)
-                yield rel
-            for rel, future in hashes.items():
-                with contextlib.suppress(OSError):
-                    result.digests[rel] = future.result()
-
-
-def hash_fd(fd: int) -> tuple[str, int, int]:
-    """(RECORD hash, size, inode) of an open file; closes it."""
-    with os.fdopen(fd, "rb") as fh:
-        digest, size = record_hash(fh)
-        return digest, size, os.fstat(fh.fileno()).st_ino
+        yield from run_jobs(_strip_job, work, root=plan.root, result=result, skipped=skipped, jobs=self.jobs)

@@ -1,0 +1,90 @@
+"""What the ELF rewriters (`Stripper`, `Pruner`) share: whether a file may be replaced, running
+their jobs in the worker pool, and the RECORD hash of each new file for the RECORD rewriter."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+from slimmer.elf.pool import bounded_map
+from slimmer.protect.records import record_hash
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+    from pathlib import Path
+
+    from slimmer.apply import ApplyResult
+
+
+class Job(Protocol):
+    """Rewrite `src` into `tmp` (a journaled path beside it); `size` bounds the memory it takes."""
+
+    @property
+    def src(self) -> str: ...
+    @property
+    def tmp(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+
+
+J = TypeVar("J", bound=Job)
+
+
+def writable(path: str, mode: int) -> bool:
+    """Whether a new version of `path` (mode `mode`) can be renamed into its place."""
+    if not mode & stat.S_IWUSR:
+        return False
+    return os.access(os.path.dirname(path) or ".", os.W_OK | os.X_OK)
+
+
+def keep_owner(tmp: str, st: os.stat_result) -> None:
+    """Give the new file the original's owner (apply gives it the original's mode)."""
+    if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
+        os.chown(tmp, st.st_uid, st.st_gid)
+
+
+def discard(tmp: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
+
+
+def hash_fd(fd: int) -> tuple[str, int, int]:
+    """(RECORD hash, size, inode) of an open file; closes it."""
+    with os.fdopen(fd, "rb") as fh:
+        digest, size = record_hash(fh)
+        return digest, size, os.fstat(fh.fileno()).st_ino
+
+
+def run_jobs(
+    fn: Callable[[J], str | None],
+    work: Sequence[J],
+    *,
+    root: Path,
+    result: ApplyResult,
+    skipped: list[tuple[str, str]],
+    jobs: int | None,
+) -> Iterator[str]:
+    """Run `fn` (None, or why the file is left as it is) over `work` in the worker pool, memory
+    bounded by file size; yield the relative path of each file rewritten.
+
+    The RECORD rewriter needs the sha256 of each new file: a thread here takes it while the workers
+    rewrite the next files (the file is in the page cache). It reads through a descriptor opened
+    before the rename into place; the inode tells RECORD it is that file."""
+    rel_of = {job.src: os.path.relpath(job.src, root) for job in work}
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimmer-hash") as hasher:
+        hashes: dict[str, Future[tuple[str, int, int]]] = {}
+        for job, why in bounded_map(fn, work, cost=lambda j: j.size, jobs=jobs):
+            rel = rel_of[job.src]
+            if why is not None:
+                skipped.append((rel, why))
+                continue
+            with contextlib.suppress(OSError):
+                fd = os.open(job.tmp, os.O_RDONLY | os.O_NOFOLLOW)
+                hashes[rel] = hasher.submit(hash_fd, fd)
+            yield rel
+        for rel, future in hashes.items():
+            with contextlib.suppress(OSError):
+                result.digests[rel] = future.result()
