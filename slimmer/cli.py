@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from slimmer import __version__
+from slimmer.commands.options import parse_gpu_arch
 from slimmer.commands.verify import apply_verify_options
 from slimmer.errors import CheckFailedError, SlimmerError
 
@@ -60,15 +61,6 @@ def profile_option(func: F) -> F:
     )(func)
 
 
-def _gpu_pruning(ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> Any:
-    from slimmer.elf.gpuarch import GpuArchError, parse_targets
-
-    try:
-        return parse_targets(values) or None
-    except GpuArchError as exc:
-        raise click.BadParameter(str(exc)) from exc
-
-
 def gpu_options(func: F) -> F:
     func = click.option(
         "--no-ptx",
@@ -80,7 +72,7 @@ def gpu_options(func: F) -> F:
         "gpu_arch",
         multiple=True,
         metavar="ARCH",
-        callback=_gpu_pruning,
+        callback=parse_gpu_arch,
         help="Prune CUDA device code to the GPUs the image runs on: sm_80, sm_86, sm_90, sm_100, sm_120 ... "
         "Repeatable or comma-separated. Keeps SASS that runs on a target and the newest PTX the newest "
         "target can compile; a library whose code cannot be rewritten safely is left as it is.",

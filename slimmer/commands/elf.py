@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from slimmer.commands.options import parse_gpu_arch
+
 if TYPE_CHECKING:
     from slimmer.elf.analyze import ElfReport
 
@@ -65,19 +67,16 @@ def _prune_saving(path: str, targets: Any, keep_ptx: bool) -> tuple[int, str]:
     "gpu_arch",
     multiple=True,
     metavar="ARCH",
+    callback=parse_gpu_arch,
     help="Also say what 'apply --gpu-arch ARCH' would save in each file with device code (repeatable).",
 )
 @click.option("--no-ptx", is_flag=True, help="With --gpu-arch: as 'apply --no-ptx'.")
-def elf_cmd(paths: tuple[str, ...], as_json: bool, jobs: int | None, gpu_arch: tuple[str, ...], no_ptx: bool) -> None:
+def elf_cmd(paths: tuple[str, ...], as_json: bool, jobs: int | None, gpu_arch: Any, no_ptx: bool) -> None:
     """Analyse the ELF files in PATHS (files or folders): symbols, dependencies, device code. Reads only."""
     from slimmer.elf.analyze import analyse_many, describe, find_elf
-    from slimmer.elf.gpuarch import GpuArchError, parse_targets
     from slimmer.report import size
 
-    try:
-        targets = parse_targets(gpu_arch)
-    except GpuArchError as exc:
-        raise click.BadParameter(str(exc), param_hint="'--gpu-arch'") from exc
+    targets = gpu_arch or ()
     start = time.monotonic()
     reports = analyse_many(find_elf(paths), jobs=jobs)
     prunes = {r.path: _prune_saving(r.path, targets, not no_ptx) for r in reports if targets and r.fatbin}
