@@ -27,6 +27,10 @@ $(VENV)/.done: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e '.[test]' 2>&1 | grep -v "^WARNING: Location 'file:" || true
 	$(PY) -c "import slimmer, lief, pathspec, humanize, click, docker, pytest"
+	@# the --gpu-arch tests run NVIDIA's cuobjdump from the test extras (nvidia-cuda-cuobjdump): check that very binary
+	@tool=$$(ls $(VENV)/lib/python3*/site-packages/nvidia/cu13/bin/cuobjdump 2>/dev/null | head -1); \
+	  if [ -z "$$tool" ] || ! "$$tool" --version >/dev/null; then \
+	    echo "make venv: cuobjdump from nvidia-cuda-cuobjdump is missing or does not run" >&2; exit 1; fi
 	touch $@
 
 venv: $(VENV)/.done
