@@ -17,6 +17,7 @@ from slimmer.progress import Progress
 from slimmer.walk import Entry, Kind, Tree, walk
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from pathlib import Path
 
     from slimmer.elf.pruner import GpuPruning, PruneDecision
@@ -78,6 +79,16 @@ class PlanContext:
         self.by_rel = {e.rel: e for e in self.tree.entries}
 
 
+def _savings_by_distribution(decisions: Iterable[StripDecision | PruneDecision]) -> dict[str, tuple[int, int]]:
+    files: Counter[str] = Counter()
+    saved: Counter[str] = Counter()
+    for d in decisions:
+        if d.saving:
+            files[d.dist] += 1
+            saved[d.dist] += d.saving
+    return {k: (files[k], saved[k]) for k in sorted(saved, key=lambda k: (-saved[k], k))}
+
+
 @dataclass(frozen=True)
 class Plan:
     root: Path
@@ -117,13 +128,11 @@ class Plan:
 
     def strips_by_distribution(self) -> dict[str, tuple[int, int]]:
         """{distribution: (files to strip, predicted bytes saved)}, largest first."""
-        files: Counter[str] = Counter()
-        saved: Counter[str] = Counter()
-        for d in self.strips:
-            if d.saving:
-                files[d.dist] += 1
-                saved[d.dist] += d.saving
-        return {k: (files[k], saved[k]) for k in sorted(saved, key=lambda k: (-saved[k], k))}
+        return _savings_by_distribution(self.strips)
+
+    def prunes_by_distribution(self) -> dict[str, tuple[int, int]]:
+        """{distribution: (libraries to prune, predicted bytes saved)}, largest first."""
+        return _savings_by_distribution(self.prunes)
 
     def strip_skips(self) -> dict[str, int]:
         """{reason: files} for the selected ELF files that are not stripped."""

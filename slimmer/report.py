@@ -111,13 +111,13 @@ def _strip_lines(plan: Plan, top: int) -> list[str]:
 
 
 def _prune_lines(plan: Plan, top: int, verbose: bool) -> list[str]:
-    from slimmer.elf.pruner import dropped_by_arch, saving_by_distribution
+    from slimmer.elf.pruner import dropped_by_arch
 
     if plan.gpu is None:
         return []
     pruned = [d for d in plan.prunes if d.saving]
     title = f"GPU device code, pruned to {plan.gpu.label}, predicted, by distribution:"
-    lines = _table(title, saving_by_distribution(plan.prunes), top)
+    lines = _table(title, plan.prunes_by_distribution(), top)
     lines.append(
         f"Device code: {len(pruned)} of {len(plan.prunes)} libraries with a .nv_fatbin pruned, "
         f"{size(plan.prune_saving)} predicted"
@@ -146,7 +146,7 @@ def _prune_lines(plan: Plan, top: int, verbose: bool) -> list[str]:
 
 
 def _prunes_to_dict(plan: Plan) -> dict[str, Any] | None:
-    from slimmer.elf.pruner import dropped_by_arch, saving_by_distribution
+    from slimmer.elf.pruner import dropped_by_arch
 
     if plan.gpu is None:
         return None
@@ -154,9 +154,7 @@ def _prunes_to_dict(plan: Plan) -> dict[str, Any] | None:
         "targets": [str(t) for t in plan.gpu.targets],
         "keep_ptx": plan.gpu.keep_ptx,
         "predicted_bytes": plan.prune_saving,
-        "by_distribution": [
-            {"name": k, "files": f, "bytes": b} for k, (f, b) in saving_by_distribution(plan.prunes).items()
-        ],
+        "by_distribution": [{"name": k, "files": f, "bytes": b} for k, (f, b) in plan.prunes_by_distribution().items()],
         "dropped_by_arch": dropped_by_arch(plan.prunes),
         "files": [
             {

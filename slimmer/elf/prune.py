@@ -128,7 +128,6 @@ class Plan:
     patches: tuple[Patch, ...]
     pointers: dict[int, int] = field(default_factory=dict)  # address of a pointer -> its old target
     starts: dict[int, int] = field(default_factory=dict)  # old container address -> new
-    outside: int = 0  # cubins/fatbins found outside .nv_fatbin (left as is)
 
     @property
     def saving(self) -> int:
@@ -296,7 +295,6 @@ def _layout(elf: ElfFile, targets: tuple[Target, ...], keep_ptx: bool) -> Plan:
         patches=tuple(patches),
         pointers=pointers,
         starts=starts,
-        outside=_device_code_outside(elf, sec),
     )
 
 
@@ -378,11 +376,21 @@ def _new_segments(
     return tuple(out)
 
 
-def _device_code_outside(elf: ElfFile, sec: Section) -> int:
-    """How many cubins (CUDA ELF images) or fatbin containers sit in other loaded sections, e.g.
-    cuBLASLt's kernels in .rodata for cuModuleLoadData: they are reached by code, never moved."""
+def device_code_outside(path: str) -> int:
+    """How many cubins (CUDA ELF images) or fatbin containers sit in loaded sections other than
+    .nv_fatbin, e.g. cuBLASLt's kernels in .rodata for cuModuleLoadData: they are reached by code,
+    never moved. Reads the file's data sections, so only the plan asks (for its report)."""
+    try:
+        with ElfFile(path) as elf:
+            sec = elf.section(SECTION)
+            return _device_code_outside(elf, sec.index if sec else -1)
+    except (ElfFormatError, OSError):
+        return 0
+
+
+def _device_code_outside(elf: ElfFile, skip: int) -> int:
     count = 0
-    data = [s for s in elf.sections if s.index != sec.index and s.alloc and s.type != elf64.SHT_NOBITS]
+    data = [s for s in elf.sections if s.index != skip and s.alloc and s.type != elf64.SHT_NOBITS]
     data = [s for s in data if s.size >= 64 and not s.flags & 4 and s.file_end <= elf.size]  # 4: code
     if not data:
         return 0

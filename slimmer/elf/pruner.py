@@ -75,6 +75,7 @@ class _Job:
     path: str
     size: int
     dist: str
+    fatbin: int  # bytes of its .nv_fatbin section
 
 
 def _has_fatbin(path: str) -> int:
@@ -89,23 +90,22 @@ def _has_fatbin(path: str) -> int:
 
 def _layout_job(args: tuple[_Job, GpuPruning]) -> PruneDecision:
     job, gpu = args
-    fatbin = _has_fatbin(job.path)
     try:
         plan = prune.layout(job.path, gpu.targets, gpu.keep_ptx)
     except prune.PruneRefused as exc:
-        return PruneDecision(job.rel, job.dist, job.size, 0, str(exc), fatbin)
+        return PruneDecision(job.rel, job.dist, job.size, 0, str(exc), job.fatbin)
     return PruneDecision(
         job.rel,
         job.dist,
         job.size,
         plan.saving,
         "",
-        fatbin,
+        job.fatbin,
         plan.dropped_by_arch(),
         plan.kept_by_arch(),
         len(plan.choices),
         plan.kept_whole,
-        plan.outside,
+        prune.device_code_outside(job.path),
     )
 
 
@@ -137,20 +137,10 @@ def plan_prunes(ctx: PlanContext, kept_files: Iterable[str], gpu: GpuPruning) ->
         if why:
             decisions.append(PruneDecision(rel, dist, entry.size, 0, why, fatbin))
             continue
-        jobs.append(_Job(rel, path, entry.size, dist))
+        jobs.append(_Job(rel, path, entry.size, dist, fatbin))
     for _args, decision in bounded_map(_layout_job, [(j, gpu) for j in jobs], cost=lambda _a: LAYOUT_COST):
         decisions.append(decision)
     return tuple(sorted(decisions, key=lambda d: d.rel))
-
-
-def saving_by_distribution(decisions: Iterable[PruneDecision]) -> dict[str, tuple[int, int]]:
-    files: Counter[str] = Counter()
-    saved: Counter[str] = Counter()
-    for d in decisions:
-        if d.saving:
-            files[d.dist] += 1
-            saved[d.dist] += d.saving
-    return {k: (files[k], saved[k]) for k in sorted(saved, key=lambda k: (-saved[k], k))}
 
 
 def dropped_by_arch(decisions: Iterable[PruneDecision]) -> dict[str, int]:
