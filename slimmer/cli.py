@@ -352,7 +352,8 @@ def entrypoint() -> None:
 
 # Commands that live in modules of their own (slimmer/commands/); they import lief and docker lazily.
 from slimmer.commands.elf import elf_cmd  # noqa: E402
-from slimmer.commands.pipeline import build_and_slim_cmd, dockerfile_cmd, image_cmd  # noqa: E402
+from slimmer.commands.image import image_cmd  # noqa: E402
+from slimmer.commands.pipeline import build_and_slim_cmd, dockerfile_cmd  # noqa: E402
 from slimmer.commands.verify import doctor_cmd, verify_cmd  # noqa: E402
 
 for _command in (verify_cmd, doctor_cmd, elf_cmd, build_and_slim_cmd, dockerfile_cmd, image_cmd):

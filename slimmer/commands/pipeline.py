@@ -127,24 +127,3 @@ def dockerfile_cmd(
     partial.write_text(text, encoding="utf-8")
     partial.replace(output)
     click.echo(f"wrote {output}", err=True)
-
-
-@click.command("image")
-@click.argument("image")
-@click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON.")
-@click.option("--top", default=5, show_default=True, help="Wasted files listed per layer.")
-def image_cmd(image: str, as_json: bool, top: int) -> None:
-    """Per-layer sizes of IMAGE and the bytes wasted by files a later layer deletes or overwrites."""
-    from slimmer.pipeline.engine import connect
-    from slimmer.pipeline.layers import analyse_image
-    from slimmer.pipeline.report import layers_to_dict, render_layers
-
-    client = connect()
-    try:
-        report = analyse_image(client, image)
-    finally:
-        client.close()
-    if as_json:
-        click.echo(json.dumps(layers_to_dict(report), indent=2))
-    else:
-        click.echo(render_layers(report, top=top))

@@ -118,11 +118,14 @@ def find_culprit(
     wait: float = 0.0,
     rewriters: Sequence[Rewriter] = (),
     seconds: float = BISECT_SECONDS,
+    run: Callable[[Sequence[VerifyCheck]], list[CheckResult]] | None = None,
 ) -> Culprit:
     """The rule lines of `plan` whose changes alone make the `broken` checks fail.
 
-    Each trial applies a subset of the plan without committing, runs only `broken`, and undoes.
+    Each trial applies a subset of the plan without committing, runs only `broken` (with `run`,
+    by default in a subprocess of `python`), and undoes.
     """
+    run_broken = run or (lambda checks: run_checks(plan.root, python, checks))
     start = time.monotonic()
     deadline = start + seconds
     trials = 0
@@ -137,7 +140,7 @@ def find_culprit(
         seen: list[CheckResult] = []
 
         def judge(_: ApplyResult) -> bool:
-            seen.extend(r for r in run_checks(plan.root, python, broken) if r.status is Status.FAIL)
+            seen.extend(r for r in run_broken(broken) if r.status is Status.FAIL)
             return False  # always undo a trial
 
         trials += 1
