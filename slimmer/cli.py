@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from slimmer import __version__
-from slimmer.commands.options import parse_gpu_arch
+from slimmer.commands.options import gpu_options, gpu_pruning, profile_option, rule_options
 from slimmer.commands.verify import apply_verify_options
 from slimmer.errors import CheckFailedError, SlimmerError
 
@@ -29,64 +29,6 @@ F = Any
 
 def _emit_json(data: object) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
-
-
-def rule_options(func: F) -> F:
-    func = click.option(
-        "--keep",
-        "keep",
-        multiple=True,
-        metavar="PATTERN",
-        help="Protect paths matching this gitignore pattern (relative to site-packages or the prefix). Repeatable.",
-    )(func)
-    return click.option(
-        "--rules",
-        "rules",
-        multiple=True,
-        metavar="NAME|PATH",
-        help="Rule set: a built-in name (see 'slimmer rules') or a path to a .rules file. "
-        "Repeatable; default: 'default'.",
-    )(func)
-
-
-def profile_option(func: F) -> F:
-    return click.option(
-        "--profile",
-        default="default",
-        show_default=True,
-        metavar="NAME",
-        help="What the image does at run time: 'default' keeps what run-time compilation needs "
-        "(torch.compile, cpp_extension.load, Python.h); 'runtime' (never compiles) removes that too "
-        "and the plan says what stops working.",
-    )(func)
-
-
-def gpu_options(func: F) -> F:
-    func = click.option(
-        "--no-ptx",
-        is_flag=True,
-        help="With --gpu-arch: keep no PTX either (no JIT fallback for a GPU newer than the targets).",
-    )(func)
-    return click.option(
-        "--gpu-arch",
-        "gpu_arch",
-        multiple=True,
-        metavar="ARCH",
-        callback=parse_gpu_arch,
-        help="Prune CUDA device code to the GPUs the image runs on: sm_80, sm_86, sm_90, sm_100, sm_120 ... "
-        "Repeatable or comma-separated. Keeps SASS that runs on a target and the newest PTX the newest "
-        "target can compile; a library whose code cannot be rewritten safely is left as it is.",
-    )(func)
-
-
-def _gpu(gpu_arch: Any, no_ptx: bool) -> Any:
-    from slimmer.elf.pruner import GpuPruning
-
-    if gpu_arch is None:
-        if no_ptx:
-            raise click.UsageError("--no-ptx needs --gpu-arch")
-        return None
-    return GpuPruning(tuple(gpu_arch), keep_ptx=not no_ptx)
 
 
 def root_argument(func: F) -> F:
@@ -164,7 +106,7 @@ def plan_cmd(
     """Show what would be removed from ROOT, per rule file and per distribution. Changes nothing."""
     from slimmer.report import plan_to_dict, render_plan
 
-    gpu = _gpu(gpu_arch, no_ptx)
+    gpu = gpu_pruning(gpu_arch, no_ptx)
     root_path, ruleset = _load(root, rules, keep, force, profile)
     with _workers(ruleset, gpu):
         plan = _make_plan(root_path, ruleset, gpu)
@@ -209,26 +151,21 @@ def apply_cmd(
     from slimmer.progress import Progress
     from slimmer.report import apply_to_dict, plan_to_dict, render_apply, render_plan
 
-    gpu = _gpu(gpu_arch, no_ptx)
+    gpu = gpu_pruning(gpu_arch, no_ptx)
     root_path, ruleset = _load(root, rules, keep, force, profile)
     with _workers(ruleset, gpu):  # started now: they import LIEF while the plan walks the tree
         plan = _make_plan(root_path, ruleset, gpu)
         if dry_run:
             _emit_json(plan_to_dict(plan, top=top)) if as_json else click.echo(render_plan(plan, top=top))
             return
-        from slimmer.elf.pruner import Pruner
-        from slimmer.elf.strip import Stripper
-        from slimmer.protect.condameta import CondaMetaRewriter
-        from slimmer.protect.records import RecordRewriter
+        from slimmer.rewriters import default_rewriters
 
         run = apply_plan if verify is None else verify.apply  # --verify: checks before/after, undo on a regression
         result = run(
             plan,
             commit=not no_commit,
             wait=wait,
-            # pruning after stripping (it lays out the stripped file); RECORD and conda-meta last:
-            # they hash what the stripper and the pruner rewrote
-            rewriters=(Stripper(), *([Pruner(gpu)] if gpu else []), RecordRewriter(), CondaMetaRewriter()),
+            rewriters=default_rewriters(gpu),
             progress=Progress.for_terminal("removing"),
         )
     if as_json:

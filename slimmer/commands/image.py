@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from slimmer.commands.options import parse_gpu_arch
+from slimmer.commands.options import gpu_options, gpu_pruning, profile_option, rule_options
 
 
 class _ImageGroup(click.Group):
@@ -74,11 +74,9 @@ def layers_cmd(image: str, as_json: bool, top: int) -> None:
     help="An environment in the image to slim (repeatable). Default: every venv, conda prefix and "
     "/usr/local with site-packages found in the image.",
 )
-@click.option("--rules", "rules", multiple=True, metavar="NAME|PATH", help="Rule set, as for apply (default: default).")
-@click.option("--keep", "keep", multiple=True, metavar="PATTERN", help="Protect paths matching this pattern.")
-@click.option("--profile", default="default", show_default=True, metavar="NAME", help="As for apply.")
-@click.option("--gpu-arch", "gpu_arch", multiple=True, metavar="ARCH", callback=parse_gpu_arch, help="As for apply.")
-@click.option("--no-ptx", is_flag=True, help="With --gpu-arch: keep no PTX either.")
+@rule_options
+@profile_option
+@gpu_options
 @click.option("--check", "snippets", multiple=True, metavar="CODE", help="A Python snippet to run as a check.")
 @click.option("--check-cmd", "commands", multiple=True, metavar="COMMAND", help="A shell command to run as a check.")
 @click.option("--check-timeout", type=float, default=120.0, show_default=True, metavar="SECONDS")
@@ -135,15 +133,9 @@ def slim_cmd(
     from slimmer.image.slim import SlimRequest, slim_image
     from slimmer.verify.config import cli_checks
 
-    if no_ptx and gpu_arch is None:
-        raise click.UsageError("--no-ptx needs --gpu-arch")
     if image is None and from_archive is None:
         raise click.UsageError("name an IMAGE on the engine, or --from-archive FILE")
-    gpu = None
-    if gpu_arch is not None:
-        from slimmer.elf.pruner import GpuPruning
-
-        gpu = GpuPruning(tuple(gpu_arch), keep_ptx=not no_ptx)
+    gpu = gpu_pruning(gpu_arch, no_ptx)
     request = SlimRequest(
         image=image,
         from_archive=from_archive,

@@ -1,10 +1,12 @@
-"""Option callbacks shared by commands."""
+"""Options and option callbacks shared by commands: rules, profile, GPU targets."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import click
+
+F = Any
 
 
 def parse_gpu_arch(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> Any:
@@ -15,3 +17,62 @@ def parse_gpu_arch(_ctx: click.Context, _param: click.Parameter, values: tuple[s
         return parse_targets(values) or None
     except GpuArchError as exc:
         raise click.BadParameter(str(exc)) from exc
+
+
+def rule_options(func: F) -> F:
+    func = click.option(
+        "--keep",
+        "keep",
+        multiple=True,
+        metavar="PATTERN",
+        help="Protect paths matching this gitignore pattern (relative to site-packages or the prefix). Repeatable.",
+    )(func)
+    return click.option(
+        "--rules",
+        "rules",
+        multiple=True,
+        metavar="NAME|PATH",
+        help="Rule set: a built-in name (see 'slimmer rules') or a path to a .rules file. "
+        "Repeatable; default: 'default'.",
+    )(func)
+
+
+def profile_option(func: F) -> F:
+    return click.option(
+        "--profile",
+        default="default",
+        show_default=True,
+        metavar="NAME",
+        help="What the image does at run time: 'default' keeps what run-time compilation needs "
+        "(torch.compile, cpp_extension.load, Python.h); 'runtime' (never compiles) removes that too "
+        "and the plan says what stops working.",
+    )(func)
+
+
+def gpu_options(func: F) -> F:
+    func = click.option(
+        "--no-ptx",
+        is_flag=True,
+        help="With --gpu-arch: keep no PTX either (no JIT fallback for a GPU newer than the targets).",
+    )(func)
+    return click.option(
+        "--gpu-arch",
+        "gpu_arch",
+        multiple=True,
+        metavar="ARCH",
+        callback=parse_gpu_arch,
+        help="Prune CUDA device code to the GPUs the image runs on: sm_80, sm_86, sm_90, sm_100, sm_120 ... "
+        "Repeatable or comma-separated. Keeps SASS that runs on a target and the newest PTX the newest "
+        "target can compile; a library whose code cannot be rewritten safely is left as it is.",
+    )(func)
+
+
+def gpu_pruning(gpu_arch: Any, no_ptx: bool) -> Any:
+    """The GpuPruning that --gpu-arch / --no-ptx ask for (None without --gpu-arch)."""
+    from slimmer.elf.pruner import GpuPruning
+
+    if gpu_arch is None:
+        if no_ptx:
+            raise click.UsageError("--no-ptx needs --gpu-arch")
+        return None
+    return GpuPruning(tuple(gpu_arch), keep_ptx=not no_ptx)

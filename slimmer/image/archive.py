@@ -44,6 +44,7 @@ class SavedImage:
     config: dict[str, Any]
     config_name: str
     layers: tuple[str, ...]
+    sizes: tuple[int, ...]  # bytes of each layer as stored
     repo_tags: tuple[str, ...]
 
     @property
@@ -72,8 +73,7 @@ class SavedImage:
     def layer_raw(self, index: int) -> tuple[tarfile.TarFile, IO[bytes], int]:
         """The layer's bytes as stored (maybe compressed): (outer tar to close, stream, size)."""
         outer = tarfile.open(self.path, mode="r:")  # noqa: SIM115 - the caller closes it
-        info = outer.getmember(self.layers[index])
-        return outer, _member(outer, self.layers[index], self.path), info.size
+        return outer, _member(outer, self.layers[index], self.path), self.sizes[index]
 
 
 def _member(tar: tarfile.TarFile, name: str, where: Path) -> IO[bytes]:
@@ -107,13 +107,14 @@ def open_archive(path: Path) -> SavedImage:
             layers = tuple(str(x) for x in manifest.get("Layers", ()))
             for name in layers:
                 _member(outer, name, path)
+            sizes = tuple(outer.getmember(name).size for name in layers)
     except (tarfile.TarError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         msg = f"{path}: not a `docker save` archive ({exc})"
         raise ArchiveError(msg) from None
     if not isinstance(config, dict) or len(config.get("rootfs", {}).get("diff_ids", ())) != len(layers):
         msg = f"{path}: the image config's rootfs.diff_ids do not match the {len(layers)} layers of the manifest"
         raise ArchiveError(msg)
-    return SavedImage(path, config, config_name, layers, tuple(manifest.get("RepoTags") or ()))
+    return SavedImage(path, config, config_name, layers, sizes, tuple(manifest.get("RepoTags") or ()))
 
 
 def config_blob(config: dict[str, Any]) -> tuple[bytes, str]:

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slimmer.errors import SlimmerError
-from slimmer.verify.checks import CheckKind, CheckResult, Status, VerifyCheck
+from slimmer.verify.checks import CheckResult, Status
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from slimmer.verify.checks import VerifyCheck
 
 SRC = "/.slimmer-verify"
 MARK = "@@slimmer-image "
@@ -80,13 +82,9 @@ class CheckBox:
         self.container: Any = None
 
     def __enter__(self) -> CheckBox:
-        kwargs: dict[str, Any] = {}
-        if self.gpus:
-            from docker.types import DeviceRequest
+        from slimmer.pipeline.engine import gpu_request
 
-            kwargs["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
-        else:
-            kwargs["network_disabled"] = True
+        kwargs = gpu_request(self.gpus) or {"network_disabled": True}
         if self.mount is not None:
             kwargs["volumes"] = {str(self.mount): {"bind": self.env, "mode": "ro"}}
         from docker.errors import DockerException
@@ -146,6 +144,3 @@ def python_of(tree_has: Any, env: str) -> str:
             return f"/{env}/{name}"
     msg = f"/{env} has no bin/python3 or bin/python: cannot run its checks (use --no-verify)"
     raise SlimmerError(msg)
-
-
-__all__ = ["BOOT", "CheckBox", "CheckKind", "ContainerError", "python_of"]

@@ -116,8 +116,9 @@ def _write_member(info: tarfile.TarInfo, data: IO[bytes] | None, out: _HashingWr
 
 def _as_file(member: tarfile.TarInfo, size: int) -> tarfile.TarInfo:
     info = copy.copy(member)
-    info.pax_headers = {k: v for k, v in member.pax_headers.items() if k not in ("size", "linkpath")}
-    info.pax_headers = {k: v for k, v in info.pax_headers.items() if not k.startswith("GNU.sparse")}
+    info.pax_headers = {
+        k: v for k, v in member.pax_headers.items() if k not in ("size", "linkpath") and not k.startswith("GNU.sparse")
+    }
     info.type = tarfile.REGTYPE
     info.linkname = ""
     info.size = size

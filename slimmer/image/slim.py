@@ -28,6 +28,9 @@ from slimmer.errors import CheckFailedError, SlimmerError, UsageError
 from slimmer.image.archive import CHUNK, SavedImage, archive_stream, config_blob, open_archive, write_archive
 from slimmer.image.merged import find_envs, materialise, scan
 from slimmer.image.relayer import LayerChange, rewrite_layer
+from slimmer.progress import Progress
+from slimmer.report import size
+from slimmer.verify.checks import Status
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -76,8 +79,8 @@ class EnvOutcome:
 
     @property
     def broken(self) -> tuple[CheckResult, ...]:
-        passed = {r.check for r in self.before if r.status.value == "pass"}
-        return tuple(r for r in self.after if r.status.value == "fail" and r.check in passed)
+        passed = {r.check for r in self.before if r.status is Status.PASS}
+        return tuple(r for r in self.after if r.status is Status.FAIL and r.check in passed)
 
 
 @dataclass
@@ -128,8 +131,6 @@ def _free(path: Path) -> int:
 def _need_room(work: Path, need: int, what: str) -> None:
     free = _free(work)
     if free < need:
-        from slimmer.report import size
-
         msg = (
             f"the work folder {work.parent} has {size(free)} free but {what} needs about {size(need)}: "
             "free some space or point --work-dir at a larger disk"
@@ -149,15 +150,9 @@ def _save(client: Any, image: str, work: Path, stage: _Stages) -> tuple[Path, st
         raise ImageMissingError(msg) from None
     _need_room(work, int(img.attrs.get("Size") or 0) * 11 // 10, f"saving {image}")
     path = work / "input.tar"
-    with stage("save", f"saving {image} ({_human(int(img.attrs.get('Size') or 0))}) from the engine"):
+    with stage("save", f"saving {image} ({size(int(img.attrs.get('Size') or 0))}) from the engine"):
         write_archive(img.save(chunk_size=CHUNK), path)
     return path, str(img.id)
-
-
-def _human(n: int) -> str:
-    from slimmer.report import size
-
-    return size(n)
 
 
 def _gzip_size(fh: IO[bytes]) -> int:
@@ -171,14 +166,10 @@ def _gzip_size(fh: IO[bytes]) -> int:
 
 def _plan_and_apply(copy: EnvCopy, req: SlimRequest) -> tuple[Plan, ApplyResult]:
     from slimmer.apply import apply_plan
-    from slimmer.elf.pruner import Pruner
-    from slimmer.elf.strip import Stripper
     from slimmer.plan import make_plan
     from slimmer.profiles import with_profile
-    from slimmer.progress import Progress
     from slimmer.protect import default_protectors
-    from slimmer.protect.condameta import CondaMetaRewriter
-    from slimmer.protect.records import RecordRewriter
+    from slimmer.rewriters import default_rewriters
     from slimmer.rules import RuleSet
 
     ruleset = with_profile(RuleSet.load(list(req.rules) or ["default"]), req.profile)
@@ -187,18 +178,10 @@ def _plan_and_apply(copy: EnvCopy, req: SlimRequest) -> tuple[Plan, ApplyResult]
     plan = make_plan(
         copy.local, ruleset, protectors=default_protectors(), progress=Progress.for_terminal("scanning"), gpu=req.gpu
     )
-    rewriters = (Stripper(), *([Pruner(req.gpu)] if req.gpu else []), RecordRewriter(), CondaMetaRewriter())
-    result = apply_plan(plan, commit=False, rewriters=rewriters, progress=Progress.for_terminal("removing"))
+    result = apply_plan(
+        plan, commit=False, rewriters=default_rewriters(req.gpu), progress=Progress.for_terminal("removing")
+    )
     return plan, result
-
-
-def _rewriters(req: SlimRequest) -> tuple[Any, ...]:
-    from slimmer.elf.pruner import Pruner
-    from slimmer.elf.strip import Stripper
-    from slimmer.protect.condameta import CondaMetaRewriter
-    from slimmer.protect.records import RecordRewriter
-
-    return (Stripper(), *([Pruner(req.gpu)] if req.gpu else []), RecordRewriter(), CondaMetaRewriter())
 
 
 def _layers(
@@ -219,16 +202,16 @@ def _layers(
                     out.seek(0)
                     change.gzip_after = _gzip_size(out)
                 say(
-                    f"layer {index}: {_human(change.size_before)} -> {_human(change.size_after)} "
+                    f"layer {index}: {size(change.size_before)} -> {size(change.size_after)} "
                     f"({change.hidden[0]} hidden copies, {change.removed[0]} removed, {change.changed[0]} rewritten)"
                 )
                 out.seek(0)
                 yield change.diff_id, out, change.size_after
                 continue
         change.size_after, change.diff_id = change.size_before, saved.diff_ids[index]
-        outer, raw, size = saved.layer_raw(index)
+        outer, raw, stored = saved.layer_raw(index)
         with outer:
-            yield change.diff_id, raw, size
+            yield change.diff_id, raw, stored
 
 
 def _new_config(saved: SavedImage, changes: Sequence[LayerChange], note: str) -> dict[str, Any]:
@@ -300,7 +283,9 @@ class _Job:
             self.client = connect()
         saved = self._open()
         with self.stage("scan", f"reading the headers of {len(saved.layers)} layers"):
-            tree = scan(saved, self.scratch)
+            progress = Progress.for_terminal("layers", len(saved.layers))
+            tree = scan(saved, self.scratch, progress)
+            progress.done()
         envs = find_envs(tree, req.envs)
         if not envs:
             msg = (
@@ -308,10 +293,11 @@ class _Job:
                 "name one with --env PATH"
             )
             raise UsageError(msg)
-        sizes = [layer_size(saved, i) for i in range(len(saved.layers))]
-        _need_room(self.work, sum(e.size for e in envs) + 2 * max(sizes), "copying the environments")
-        with self.stage("extract", "copying " + ", ".join(f"/{e.path} ({_human(e.size)})" for e in envs)):
-            self.copies = materialise(saved, tree, envs, self.work, self.scratch)
+        _need_room(self.work, sum(e.size for e in envs) + 2 * max(saved.sizes), "copying the environments")
+        with self.stage("extract", "copying " + ", ".join(f"/{e.path} ({size(e.size)})" for e in envs)):
+            progress = Progress.for_terminal("bytes copied", sum(e.size for e in envs))
+            self.copies = materialise(saved, tree, envs, self.work, self.scratch, progress)
+            progress.done()
         self._plan_and_apply()
         verifying = req.verify and self.client is not None and req.image is not None
         if verifying:
@@ -319,7 +305,7 @@ class _Job:
             with self.stage("verify", "checks in a container of the input image"):
                 for outcome in self.result.envs:
                     outcome.before = tuple(self.runners[outcome.env.path](self.result.source_id, None))
-        changes = [LayerChange(i, _created_by(saved, i), sizes[i]) for i in range(len(saved.layers))]
+        changes = [LayerChange(i, _created_by(saved, i), saved.sizes[i]) for i in range(len(saved.layers))]
         self.result.layers = changes
         self._write(saved, tree, changes, tags=() if verifying or not req.tag else (req.tag,))
         if verifying:
@@ -391,6 +377,7 @@ class _Job:
         """Undo the copy, then search the rule lines that break its checks: subsets of the plan
         are tried with the copy mounted over the environment in a container of the input."""
         from slimmer.apply import undo
+        from slimmer.rewriters import default_rewriters
         from slimmer.verify.rollback import find_culprit
 
         copy = next(c for c in self.copies if c.env.path == outcome.env.path)
@@ -406,7 +393,7 @@ class _Job:
                 outcome.plan,
                 copy.local,
                 [r.check for r in outcome.broken],
-                rewriters=_rewriters(self.req),
+                rewriters=default_rewriters(self.req.gpu),
                 run=run_broken,
             )
 
@@ -486,13 +473,6 @@ def _check_runners(
 
         runners[env.path] = run
     return runners
-
-
-def layer_size(saved: SavedImage, index: int) -> int:
-    import tarfile
-
-    with tarfile.open(saved.path, mode="r:") as outer:
-        return outer.getmember(saved.layers[index]).size
 
 
 def _created_by(saved: SavedImage, index: int) -> str:

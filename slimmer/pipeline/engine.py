@@ -73,6 +73,15 @@ def max_jobs_for(cpus: int, mem_bytes: int, per_job: int = 3 << 30) -> int:
     return max(1, min(cpus, by_memory))
 
 
+def gpu_request(gpus: bool) -> dict[str, Any]:
+    """The `containers.run` arguments that pass every GPU through (none when `gpus` is false)."""
+    if not gpus:
+        return {}
+    from docker.types import DeviceRequest
+
+    return {"device_requests": [DeviceRequest(count=-1, capabilities=[["gpu"]])]}
+
+
 def has_gpus(client: Any) -> bool:
     """The engine knows the nvidia runtime (so `--gpus` works there)."""
     runtimes = client.info().get("Runtimes") or {}
@@ -180,11 +189,7 @@ class Container:
         self.container: Any = None
 
     def __enter__(self) -> Container:
-        kwargs: dict[str, Any] = {}
-        if self.gpus:
-            from docker.types import DeviceRequest
-
-            kwargs["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+        kwargs = gpu_request(self.gpus)
         self.container = self.client.containers.run(
             self.image,
             ["sleep", "infinity"],
@@ -299,12 +304,7 @@ def build_image(
 
 def run_once(client: Any, image: str, command: Sequence[str], *, gpus: bool = False) -> tuple[int, str]:
     """Run COMMAND in a fresh container of IMAGE; (exit code, output). The container is removed."""
-    kwargs: dict[str, Any] = {}
-    if gpus:
-        from docker.types import DeviceRequest
-
-        kwargs["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
-    container = client.containers.run(image, list(command), detach=True, **kwargs)
+    container = client.containers.run(image, list(command), detach=True, **gpu_request(gpus))
     try:
         code = int(container.wait()["StatusCode"])
         return code, container.logs(stdout=True, stderr=True).decode("utf-8", errors="replace")

@@ -1,0 +1,22 @@
+"""The rewriters an apply runs, in their order.
+
+Stripping first; pruning device code after it (it lays out the stripped file, only with
+--gpu-arch); RECORD and conda-meta last, because they hash what the stripper and the pruner rewrote.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from slimmer.apply import Rewriter
+    from slimmer.elf.pruner import GpuPruning
+
+
+def default_rewriters(gpu: GpuPruning | None = None) -> tuple[Rewriter, ...]:
+    from slimmer.elf.pruner import Pruner
+    from slimmer.elf.strip import Stripper
+    from slimmer.protect.condameta import CondaMetaRewriter
+    from slimmer.protect.records import RecordRewriter
+
+    return (Stripper(), *([Pruner(gpu)] if gpu else []), RecordRewriter(), CondaMetaRewriter())
