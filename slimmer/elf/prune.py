@@ -236,13 +236,13 @@ def _layout(elf: ElfFile, targets: tuple[Target, ...], keep_ptx: bool) -> Plan:
             continue
         if s.offset < cut and s.file_end > sec.offset:
             raise PruneRefused(f"section {s.name} overlaps .nv_fatbin in the file")
-    for s in elf.segments:
-        if s is seg or s.filesz == 0:
+    for g in elf.segments:
+        if g is seg or g.filesz == 0:
             continue
-        if s.offset < cut and s.offset + s.filesz > sec.offset:
-            raise PruneRefused(f"a segment (type {s.type:#x}) overlaps .nv_fatbin")
+        if g.offset < cut and g.offset + g.filesz > sec.offset:
+            raise PruneRefused(f"a segment (type {g.type:#x}) overlaps .nv_fatbin")
     moving = [s.offset for s in elf.sections if s.offset >= cut and s.index != 0]
-    moving += [s.offset for s in elf.segments if s.offset >= cut and s is not seg]
+    moving += [g.offset for g in elf.segments if g.offset >= cut and g is not seg]
     for table in (h.shoff, h.phoff):
         if sec.offset <= table < cut:
             raise PruneRefused("a header table lies inside .nv_fatbin")

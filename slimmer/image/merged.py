@@ -152,7 +152,7 @@ def scan(image: SavedImage, scratch: Path, progress: Progress | None = None) -> 
         with image.layer(index, scratch) as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
             for member in tar:
                 apply_member(tree, member, index)
-                tar.members.clear()  # headers only; keep memory flat on huge layers
+                tar.members.clear()  # type: ignore[attr-defined]  # headers only; keep memory flat on huge layers
         if progress is not None:
             progress.advance()
     return tree
@@ -369,7 +369,7 @@ def materialise(
     for index in range(len(image.layers)):
         with image.layer(index, scratch) as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
             for member in tar:
-                tar.members.clear()
+                tar.members.clear()  # type: ignore[attr-defined]
                 path = norm(member.name)
                 for copy in copies:
                     rel = copy.rel(path)

@@ -188,20 +188,20 @@ def rewrite_layer(
                     _write_member(info, None, writer)
                     continue
                 if target in spooled:  # the file itself, under the link's name (they share one inode)
-                    tmp, original = spooled.pop(target)
-                    tmp.seek(0)
+                    spool, original = spooled.pop(target)
+                    spool.seek(0)
                     info = _as_file(original, original.size)
                     info.name = member.name
-                    info.pax_headers.pop("path", None)
-                    _write_member(info, tmp, writer)
-                    tmp.close()
+                    info.pax_headers = {k: v for k, v in info.pax_headers.items() if k != "path"}
+                    _write_member(info, spool, writer)
+                    spool.close()
                     renamed[target] = posixpath.normpath(member.name)
                     continue
             _copy_range(layer_fh, start, stop, writer)
         writer.write(b"\0" * (2 * BLOCK))
     finally:
-        for tmp, _ in spooled.values():
-            tmp.close()
+        for spool, _ in spooled.values():
+            spool.close()
     change.rewritten = True
     change.size_after = writer.size
     change.diff_id = f"sha256:{writer.sha.hexdigest()}"

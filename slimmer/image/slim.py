@@ -456,7 +456,7 @@ def _check_runners(
     compiler = any(tree.get(p) for p in ("usr/bin/c++", "usr/bin/g++", "usr/bin/cc", "usr/bin/gcc"))
     largest = max(envs, key=lambda e: e.size).path
     listed: dict[str, list[VerifyCheck]] = {}
-    runners = {}
+    runners: dict[str, Callable[[str, Path | None], list[CheckResult]]] = {}
     for env in envs:
         python = python_of(lambda p: tree.get(p) is not None, env.path)
 
