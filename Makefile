@@ -22,6 +22,7 @@ help:
 	@echo "make test   - install what the tests need and run them"
 	@echo "make lint   - ruff"
 	@echo "make bench  - slimmer against the seed recipe on real environments (bench/RESULTS.md)"
+	@echo "make family-env - build the PyG extension family from sdists (tests/test_family.py skips without it)"
 
 $(VENV)/.done: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,7 +64,7 @@ clean:
 #   make bench                                              all environments, 3 runs per variant
 #   make bench BENCH_ENVS=torch-2.13.0 BENCH_ARGS="--repeat 1"
 BENCH_CUDA_VERSION := 2.14.1
-BENCH_ENVS ?= torch-2.13.0,torch-$(BENCH_CUDA_VERSION),torch-2.13.0+scatter
+BENCH_ENVS ?= torch-2.13.0,torch-$(BENCH_CUDA_VERSION),torch-2.13.0+scatter,torch-2.13.0+pyg-family
 BENCH_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -82,6 +83,7 @@ bench-envs: envs
 	@case ",$(BENCH_ENVS)," in *,torch-2.13.0+scatter,*) \
 	  if grep -q '^scatter-env:' $(firstword $(MAKEFILE_LIST)); then $(MAKE) --no-print-directory scatter-env; \
 	  else echo "bench: no scatter-env target in the Makefile: the torch_scatter environment is skipped"; fi;; esac
+	@case ",$(BENCH_ENVS)," in *,torch-2.13.0+pyg-family,*) $(MAKE) --no-print-directory family-env;; esac
 
 bench: venv bench-tools bench-envs
 	$(PY) bench/run.py --envs $(BENCH_ENVS) $(BENCH_ARGS)
@@ -152,3 +154,23 @@ $(SCATTER_ENV)/.complete: $(TORCH_ENV)/.complete fixtures/make_scatter_env.sh | 
 	MAX_JOBS=2 fixtures/make_scatter_env.sh $(TORCH_ENV) $(SCATTER_ENV) $(CACHE)/wheels/torch-$(TORCH_VERSION) $(SCATTER_VERSION)
 
 scatter-env: $(SCATTER_ENV)/.complete
+
+# The PyG extension family (tests/test_family.py, bench): torch_scatter, torch_sparse, torch_cluster and
+# torch_spline_conv built from their PyPI sdists against the CPU torch environment (ninja,
+# --no-build-isolation, MAX_JOBS from memory, ccache), wheels cached in $(CACHE)/wheels/torch-$(TORCH_VERSION),
+# plus torch_geometric (and scipy, which torch_sparse imports) from PyPI. A cold build takes about
+# FAMILY_COLD_MIN minutes on 2 cores, so `make test` does not build it: tests/test_family.py skips, saying
+# so, until `make family-env` (or `make bench`) has run. pyg_lib has no sdist on PyPI: it is not built.
+FAMILY_SDISTS := torch_scatter==$(SCATTER_VERSION) torch_sparse==0.6.18 torch_cluster==1.6.3 torch_spline_conv==1.2.2
+FAMILY_PYPI := torch_geometric==2.8.1 scipy==1.17.1
+FAMILY_ENV := $(CACHE)/envs/torch-$(TORCH_VERSION)-pyg-family-$(shell echo $(FAMILY_SDISTS) $(FAMILY_PYPI) | sha256sum | cut -c1-8)
+export SLIMMER_FAMILY_ENV := $(FAMILY_ENV)
+
+.PHONY: family-env
+
+$(FAMILY_ENV)/.complete: $(TORCH_ENV)/.complete fixtures/make_family_env.sh | build-tools
+	@command -v ccache >/dev/null || $(SUDO) apt-get install -y -q ccache || echo "family-env: no ccache, building without it"
+	fixtures/make_family_env.sh $(TORCH_ENV) $(FAMILY_ENV) $(CACHE)/wheels/torch-$(TORCH_VERSION) \
+	  $(FAMILY_SDISTS) -- $(FAMILY_PYPI)
+
+family-env: venv envs $(FAMILY_ENV)/.complete

@@ -266,12 +266,17 @@ def bench_env(
 def known_envs(cache: Path) -> dict[str, tuple[Path | None, str]]:
     """Name: (path, why it is missing). The Makefile builds these (make bench-envs)."""
     scatter = os.environ.get("SLIMMER_SCATTER_ENV")
+    family = os.environ.get("SLIMMER_FAMILY_ENV")
     return {
         "torch-2.13.0": (cache / "envs" / "torch-2.13.0", "run 'make envs'"),
         "torch-2.14.1": (cache / "envs" / "torch-2.14.1", "run 'make bench-envs'"),
         "torch-2.13.0+scatter": (
             Path(scatter) if scatter else None,
             "run 'make scatter-env'" if scatter else "SLIMMER_SCATTER_ENV is not set: run through 'make bench'",
+        ),
+        "torch-2.13.0+pyg-family": (
+            Path(family) if family else None,
+            "run 'make family-env'" if family else "SLIMMER_FAMILY_ENV is not set: run through 'make bench'",
         ),
     }
 

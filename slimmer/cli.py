@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from pathlib import Path
 
-    from slimmer.plan import Plan
+    from slimmer.model.plan import Plan
 
 F = Any
 

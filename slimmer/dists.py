@@ -6,12 +6,16 @@ lists (bytecode written later, say) belongs to the owner of its top-level folder
 
 from __future__ import annotations
 
+import base64
 import csv
+import hashlib
 import posixpath
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from typing import BinaryIO
+
     from slimmer.layout import Layout
     from slimmer.walk import Tree
 
@@ -95,3 +99,19 @@ class Owners:
     def label(self, rel: str) -> str:
         dist = self.owner(rel)
         return dist.label if dist else UNOWNED
+
+
+def record_hash(file: str | BinaryIO) -> tuple[str, int]:
+    """The RECORD hash (`sha256=<urlsafe base64, no padding>`) and size of a file (a path, or a
+    binary file object read from where it stands to its end)."""
+    if isinstance(file, str):
+        with open(file, "rb") as fh:
+            return record_hash(fh)
+    digest = hashlib.sha256()
+    size = 0
+    buffer = bytearray(1 << 20)
+    view = memoryview(buffer)
+    while n := file.readinto(view):  # type: ignore[attr-defined]
+        digest.update(view[:n])  # releases the GIL: another thread can hash meanwhile
+        size += n
+    return "sha256=" + base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode(), size

@@ -8,166 +8,20 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from slimmer.dists import Owners
 from slimmer.layout import Layout
+from slimmer.model.plan import Kept, Plan, PlanContext, Protector, Removal, Unit
 from slimmer.progress import Progress
-from slimmer.walk import Entry, Kind, Tree, walk
+from slimmer.walk import Kind, Tree, walk
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
     from pathlib import Path
 
-    from slimmer.elf.pruner import GpuPruning, PruneDecision
-    from slimmer.elf.strip import Analysis, StripDecision
+    from slimmer.elf.strip import Analysis
+    from slimmer.model.plan import GpuPruning, PruneDecision, StripDecision
     from slimmer.rules import Rule, RuleSet
-
-
-@dataclass(frozen=True)
-class Removal:
-    """A file, link or empty folder that the plan removes."""
-
-    rel: str
-    kind: Kind
-    size: int
-    freed: int  # bytes the disk gets back: 0 for a hard link whose inode stays referenced
-    rule: Rule
-    dist: str
-
-
-@dataclass(frozen=True)
-class Kept:
-    """A path that a rule would remove but that stays, and why."""
-
-    rel: str
-    size: int
-    rule: Rule | None
-    reason: str
-    by: str = "rule"  # what kept it: "rule" (a `!` line) or the protector's name ("import analysis", ...)
-
-
-@dataclass(frozen=True)
-class Unit:
-    """What `apply` moves in one rename: a whole folder or a single path."""
-
-    rel: str
-    kind: Kind
-    size: int
-    freed: int
-    rule: Rule
-
-
-class Protector(Protocol):
-    """Decides which of the paths a rule removes must stay; returns {rel: reason}."""
-
-    def protect(self, ctx: PlanContext, removing: dict[str, Rule]) -> dict[str, str]: ...
-
-
-@dataclass
-class PlanContext:
-    """What protectors may read: the walked tree, its layout and the owners of each path."""
-
-    tree: Tree
-    layout: Layout
-    owners: Owners
-    rules: RuleSet
-    by_rel: dict[str, Entry] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.by_rel = {e.rel: e for e in self.tree.entries}
-
-
-def _savings_by_distribution(decisions: Iterable[StripDecision | PruneDecision]) -> dict[str, tuple[int, int]]:
-    files: Counter[str] = Counter()
-    saved: Counter[str] = Counter()
-    for d in decisions:
-        if d.saving:
-            files[d.dist] += 1
-            saved[d.dist] += d.saving
-    return {k: (files[k], saved[k]) for k in sorted(saved, key=lambda k: (-saved[k], k))}
-
-
-@dataclass(frozen=True)
-class Plan:
-    root: Path
-    rule_names: tuple[str, ...]
-    layout: Layout
-    removals: tuple[Removal, ...]
-    units: tuple[Unit, ...]
-    kept: tuple[Kept, ...]
-    files_before: int
-    bytes_before: int
-    warnings: tuple[str, ...]
-    seconds: float
-    strips: tuple[StripDecision, ...] = ()  # ELF files a strip rule selects: stripped or skipped, and why
-    # Files the plan removes because a rule names their place, although kept code reads them: (rel, who reads it)
-    reads: tuple[tuple[str, str], ...] = ()
-    gpu: GpuPruning | None = None  # --gpu-arch: the targets device code is pruned to
-    prunes: tuple[PruneDecision, ...] = ()  # libraries with device code: pruned or skipped, and why
-
-    @property
-    def prune_saving(self) -> int:
-        """Bytes that pruning device code is predicted to save."""
-        return sum(d.saving for d in self.prunes)
-
-    @property
-    def bytes_saved_predicted(self) -> int:
-        """Removed + predicted strip and prune savings."""
-        return self.bytes_removed + self.strip_saving + self.prune_saving
-
-    @property
-    def bytes_removed(self) -> int:
-        return sum(r.freed for r in self.removals)
-
-    @property
-    def strip_saving(self) -> int:
-        """Bytes that stripping is predicted to save."""
-        return sum(d.saving for d in self.strips)
-
-    def strips_by_distribution(self) -> dict[str, tuple[int, int]]:
-        """{distribution: (files to strip, predicted bytes saved)}, largest first."""
-        return _savings_by_distribution(self.strips)
-
-    def prunes_by_distribution(self) -> dict[str, tuple[int, int]]:
-        """{distribution: (libraries to prune, predicted bytes saved)}, largest first."""
-        return _savings_by_distribution(self.prunes)
-
-    def strip_skips(self) -> dict[str, int]:
-        """{reason: files} for the selected ELF files that are not stripped."""
-        return dict(Counter(d.skip.value for d in self.strips if d.skip is not None).most_common())
-
-    @property
-    def files_removed(self) -> int:
-        return sum(1 for r in self.removals if r.kind is not Kind.DIR)
-
-    def by_rule_file(self) -> dict[str, tuple[int, int]]:
-        """{rule file: (files, bytes)}, largest first."""
-        return _tally((r.rule.source, r) for r in self.removals)
-
-    def by_rule(self) -> dict[str, tuple[int, int]]:
-        return _tally((f"{r.rule.where} {r.rule.pattern}", r) for r in self.removals)
-
-    def by_distribution(self) -> dict[str, tuple[int, int]]:
-        return _tally((r.dist, r) for r in self.removals)
-
-    def breakages(self) -> dict[str, tuple[int, int]]:
-        """{what stops working (the deciding rules' @breaks): (files, bytes)}, largest first."""
-        return _tally((r.rule.breaks, r) for r in self.removals if r.rule.breaks and r.kind is not Kind.DIR)
-
-    def largest(self, n: int = 10) -> list[Unit]:
-        return sorted(self.units, key=lambda u: u.freed, reverse=True)[:n]
-
-
-def _tally(pairs: object) -> dict[str, tuple[int, int]]:
-    files: Counter[str] = Counter()
-    sizes: Counter[str] = Counter()
-    for key, removal in pairs:  # type: ignore[attr-defined]
-        if removal.kind is not Kind.DIR:
-            files[key] += 1
-        sizes[key] += removal.freed
-    return {k: (files[k], sizes[k]) for k in sorted(sizes, key=lambda k: (-sizes[k], k))}
 
 
 def _parent(rel: str) -> str:

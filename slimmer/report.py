@@ -9,8 +9,8 @@ import humanize
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from slimmer.apply import ApplyResult
-    from slimmer.plan import Plan
+    from slimmer.model.apply import ApplyResult
+    from slimmer.model.plan import Plan
     from slimmer.rules import Decision
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from slimmer.apply import Rewriter
-    from slimmer.elf.pruner import GpuPruning
+    from slimmer.model.apply import Rewriter
+    from slimmer.model.plan import GpuPruning
 
 
 def default_rewriters(gpu: GpuPruning | None = None) -> tuple[Rewriter, ...]:

@@ -16,7 +16,8 @@ from slimmer.cli import main
 from slimmer.elf import fatbin
 from slimmer.elf.analyze import analyse, analyse_many, find_elf, is_elf
 from slimmer.elf.pool import bounded_map
-from slimmer.elf.strip import Skip, Stripper, Verdict
+from slimmer.elf.strip import Stripper
+from slimmer.model.plan import Skip, Verdict
 from slimmer.plan import make_plan
 from slimmer.rules import RuleSet
 from tests.helpers import REPO

@@ -137,6 +137,29 @@ def test_unreachable_wheel_and_source_fail_fast_naming_the_sources(docker_engine
     assert time.monotonic() - start < 240
 
 
+def test_pyg_lib_from_no_source_says_every_place_tried_and_what_to_do(
+    docker_engine: object, pipeline_dirs: Path
+) -> None:
+    """pyg_lib has no sdist on PyPI and its wheel index (data.pyg.org) is out of reach here: a real
+    run in which no source has it."""
+    cfg = _config(pipeline_dirs, "slimmer-test:pyg-lib", extensions=["pyg_lib"], pip_timeout=5, checks=[])
+    with pytest.raises(ExtensionUnavailableError) as info:
+        run_pipeline(cfg)
+    message = str(info.value)
+    print(f"\npyg_lib message: {message}")
+    assert "\n" not in message
+    assert message.startswith("pyg_lib: no wheel and no source build; tried ")
+    for place in (
+        f"the wheelhouse {pipeline_dirs / 'wheelhouse'}",
+        str(TORCH_WHEELS),
+        f"https://data.pyg.org/whl/torch-{TORCH_VERSION}+cpu.html",
+        "source (pyg_lib)",
+    ):
+        assert place in message, place
+    for remedy in ("--find-links", "--index-url", "publishes no sdist on PyPI", "full log:"):
+        assert remedy in message, remedy
+
+
 def test_a_missing_base_image_is_one_line(docker_engine: object, pipeline_dirs: Path) -> None:
     cfg = _config(pipeline_dirs, "slimmer-test:x", devel_image="slimmer-test:no-such-base")
     with pytest.raises(ImageMissingError, match="devel base image 'slimmer-test:no-such-base' is not on the engine"):

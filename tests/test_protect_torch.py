@@ -137,7 +137,8 @@ def test_import_text_filter_misses_nothing(torch_env):
     keeps exactly the same files. Reads the cached environment, changes nothing."""
     from slimmer.dists import Owners
     from slimmer.layout import Layout
-    from slimmer.plan import PlanContext, _decide_all
+    from slimmer.model.plan import PlanContext
+    from slimmer.plan import _decide_all
     from slimmer.profiles import with_profile
     from slimmer.protect import imports
     from slimmer.rules import RuleSet

@@ -11,7 +11,7 @@ import click
 from slimmer.commands.options import parse_gpu_arch
 
 if TYPE_CHECKING:
-    from slimmer.elf.analyze import ElfReport
+    from slimmer.model.elf import ElfReport
 
 
 def _lines(report: ElfReport) -> list[str]:

@@ -69,7 +69,7 @@ def gpu_options(func: F) -> F:
 
 def gpu_pruning(gpu_arch: Any, no_ptx: bool) -> Any:
     """The GpuPruning that --gpu-arch / --no-ptx ask for (None without --gpu-arch)."""
-    from slimmer.elf.pruner import GpuPruning
+    from slimmer.model.plan import GpuPruning
 
     if gpu_arch is None:
         if no_ptx:

@@ -15,8 +15,8 @@ from slimmer.errors import CheckFailedError, UsageError
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from slimmer.apply import ApplyResult, Rewriter
-    from slimmer.plan import Plan
+    from slimmer.model.apply import ApplyResult, Rewriter
+    from slimmer.model.plan import Plan
     from slimmer.progress import Progress
 
 

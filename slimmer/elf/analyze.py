@@ -10,63 +10,20 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from slimmer.elf import fatbin as fatbin_mod
+from slimmer.model.elf import ElfReport, Segment
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-    from slimmer.elf.fatbin import FatbinInfo
 
 ELF_MAGIC = b"\x7fELF"
 # Non-allocated sections that `strip --strip-unneeded` drops from a shared object or executable.
 # `.comment`, `.gnu_debuglink` and `.shstrtab` stay, so they are not counted.
 _STRIPPED_PREFIXES = (".debug", ".zdebug", ".stab", ".line")
 _STRIPPED_NAMES = (".symtab", ".strtab", ".symtab_shndx")
-
-
-@dataclass(frozen=True)
-class Segment:
-    """A PT_LOAD program header: what the loader maps."""
-
-    offset: int
-    vaddr: int
-    filesz: int
-    align: int
-
-    @property
-    def aligned(self) -> bool:
-        """glibc refuses a PT_LOAD whose offset and address disagree modulo its alignment."""
-        return self.align <= 1 or (self.vaddr - self.offset) % self.align == 0
-
-
-@dataclass(frozen=True)
-class ElfReport:
-    """What slimmer knows about one ELF file. `error` is set when it could not be read fully."""
-
-    path: str
-    size: int
-    stripped: bool = False
-    strip_saving: int = 0
-    needed: tuple[str, ...] = ()
-    soname: str | None = None
-    rpath: tuple[str, ...] = ()
-    runpath: tuple[str, ...] = ()
-    build_id: str | None = None
-    debuglink: str | None = None
-    patchelf_signs: tuple[str, ...] = ()
-    load_aligned: bool = True
-    fatbin: FatbinInfo | None = None
-    kind: str = ""  # "shared object", "executable", "relocatable", ...
-    sections: int = 0
-    loads: tuple[Segment, ...] = ()
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 def identity_changes(before: ElfReport, after: ElfReport) -> list[str]:

@@ -13,6 +13,8 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from slimmer.model.elf import FatbinInfo
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -25,25 +27,6 @@ _ENTRY = struct.Struct("<HHIQ")
 _SM_OFFSET = 0x1C
 _FLAGS_OFFSET = 0x28
 _MIN_ENTRY = 0x20
-
-
-@dataclass(frozen=True)
-class FatbinInfo:
-    """Device code of one ELF file: SASS architectures and PTX versions, as SM numbers (80 = sm_80)."""
-
-    sections: tuple[str, ...]
-    sass: tuple[int, ...]
-    ptx: tuple[int, ...]
-    containers: int
-    entries: int
-    size: int
-    digest: str  # sha256 of the device-code sections' bytes: stripping must not change them
-    error: str | None = None
-    by_arch: tuple[tuple[str, int], ...] = ()  # (sm_90, compute_120f ...) -> bytes, largest first
-
-    @property
-    def archs(self) -> tuple[str, ...]:
-        return tuple(f"sm_{n}" for n in self.sass) + tuple(f"compute_{n}" for n in self.ptx)
 
 
 @dataclass(frozen=True)

@@ -13,60 +13,24 @@ from __future__ import annotations
 import os
 import stat
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from slimmer.elf import prune
 from slimmer.elf.elf64 import ElfFile, ElfFormatError
 from slimmer.elf.pool import bounded_map
 from slimmer.elf.rewrite import discard, keep_owner, run_jobs, writable
+from slimmer.model.plan import GpuPruning, PruneDecision
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from pathlib import Path
 
-    from slimmer.apply import ApplyResult
-    from slimmer.elf.gpuarch import Target
-    from slimmer.plan import Plan, PlanContext
+    from slimmer.model.apply import ApplyResult
+    from slimmer.model.plan import Plan, PlanContext
     from slimmer.walk import Entry
 
 LAYOUT_COST = 32 << 20  # memory a layout job holds (headers, entry lists), whatever the file size
-
-
-@dataclass(frozen=True)
-class GpuPruning:
-    """What `--gpu-arch` asks for."""
-
-    targets: tuple[Target, ...]
-    keep_ptx: bool = True
-
-    @property
-    def label(self) -> str:
-        names = ", ".join(str(t) for t in self.targets)
-        return names + ("" if self.keep_ptx else " (no PTX)")
-
-
-@dataclass(frozen=True)
-class PruneDecision:
-    """What the plan does with one library's device code."""
-
-    rel: str
-    dist: str
-    size: int
-    saving: int  # predicted bytes saved; 0 when skipped
-    skip: str = ""  # why it is left as it is
-    fatbin: int = 0  # bytes of .nv_fatbin
-    dropped: dict[str, int] = field(default_factory=dict)  # entry name (sm_80, compute_90) -> bytes
-    kept: dict[str, int] = field(default_factory=dict)
-    containers: int = 0
-    kept_whole: tuple[str, ...] = ()  # why each container kept whole is kept
-    outside: int = 0  # device code images outside .nv_fatbin, left as is
-
-    @property
-    def reason(self) -> str:
-        if self.skip:
-            return self.skip
-        return f"prune: drops {sum(self.dropped.values())} bytes of device code"
 
 
 @dataclass(frozen=True)

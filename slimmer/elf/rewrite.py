@@ -9,14 +9,14 @@ import stat
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
+from slimmer.dists import record_hash
 from slimmer.elf.pool import bounded_map
-from slimmer.protect.records import record_hash
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
     from pathlib import Path
 
-    from slimmer.apply import ApplyResult
+    from slimmer.model.apply import ApplyResult
 
 
 class Job(Protocol):

@@ -12,7 +12,6 @@ the system's temp folder for files that patchelf rewrote).
 
 from __future__ import annotations
 
-import enum
 import os
 import shutil
 import stat
@@ -23,61 +22,22 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from slimmer.elf import pool as pool_mod
-from slimmer.elf.analyze import ElfReport, analyse, identity_changes, is_elf
+from slimmer.elf.analyze import analyse, identity_changes, is_elf
 from slimmer.elf.pool import bounded_map, release_memory
 from slimmer.elf.rewrite import discard, keep_owner, run_jobs, writable
+from slimmer.model.plan import Skip, StripDecision, Verdict
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from pathlib import Path
 
-    from slimmer.apply import ApplyResult
-    from slimmer.plan import Plan, PlanContext
+    from slimmer.model.apply import ApplyResult
+    from slimmer.model.elf import ElfReport
+    from slimmer.model.plan import Plan, PlanContext
     from slimmer.walk import Entry
 
 MIN_SAVING = 1024  # bytes: rewriting a library for less is not worth a new inode
 STRIP_TIMEOUT = 600
-
-
-class Verdict(enum.Enum):
-    STRIP = "strip"
-    SKIP = "skip"
-
-
-class Skip(enum.Enum):
-    """Why a file that a strip rule selects is left as it is."""
-
-    NOT_ELF = "not an ELF file"
-    DAMAGED = "damaged ELF"
-    ALREADY_STRIPPED = "already stripped"
-    SAVES_NOTHING = "stripping saves nothing"
-    PATCHELF_CHECK_FAILED = "rewritten by patchelf and the stripped copy fails the check"
-    CHECK_FAILED = "the stripped copy fails the check"
-    NOT_WRITABLE = "not writable"
-    LINKS_OUTSIDE = "hard links outside the root"
-    LINKS_INSIDE = "hard links inside the root"
-    NO_STRIP_TOOL = "strip (binutils) is not installed"
-
-
-@dataclass(frozen=True)
-class StripDecision:
-    """What the plan does with one ELF file that a strip rule selects."""
-
-    rel: str
-    dist: str
-    size: int
-    verdict: Verdict
-    saving: int  # predicted bytes saved; 0 when skipped
-    skip: Skip | None = None
-    detail: str = ""
-    rule: str = ""  # file:line of the strip rule
-    report: ElfReport | None = None
-
-    @property
-    def reason(self) -> str:
-        if self.skip is None:
-            return f"strip ({self.detail})" if self.detail else "strip"
-        return f"{self.skip.value}: {self.detail}" if self.detail else self.skip.value
 
 
 def strip_tool() -> str | None:

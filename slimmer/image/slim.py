@@ -35,10 +35,9 @@ from slimmer.verify.checks import Status
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
-    from slimmer.apply import ApplyResult
-    from slimmer.elf.pruner import GpuPruning
     from slimmer.image.merged import EnvCopy, MergedTree, PythonEnv
-    from slimmer.plan import Plan
+    from slimmer.model.apply import ApplyResult
+    from slimmer.model.plan import GpuPruning, Plan
     from slimmer.verify.checks import CheckResult, VerifyCheck
 
 

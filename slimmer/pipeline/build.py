@@ -308,7 +308,7 @@ def _provide(
     pip = f"{cfg.env_path}/bin/pip"
     flags = _pip_flags(cfg)
     name = shlex.quote(ext.name)
-    tried = ["wheelhouse"]
+    tried = [f"the wheelhouse {cfg.wheelhouse}"]
     wheel_of = f"ls {WHEELHOUSE} | grep -i '^{ext.name.replace('_', '[-_]')}-' | sort | tail -n 1"
     # 1. The wheelhouse: earlier source builds and wheels put there by hand.
     code = box.call(
@@ -361,9 +361,29 @@ def _provide(
     if code:
         last = " | ".join(line.strip() for line in list(box.log.tail)[-3:] if line.strip())
         raise ExtensionUnavailableError(
-            f"{ext.name}: no wheel and no source build; tried {'; '.join(tried)}: {last} (full log: {box.log.path})"
+            f"{ext.name}: no wheel and no source build; tried {'; '.join(tried)}: {last}. "
+            f"{_how_to_provide(cfg, ext)} (full log: {box.log.path})"
         )
     return ExtensionResult(ext.name, Method.SOURCE, time.monotonic() - start, _first_line(box, wheel_of), tuple(tried))
+
+
+# Libraries that publish no sdist on PyPI: a source build from the index cannot work.
+NO_SDIST = {"pyg_lib": "https://data.pyg.org/whl/"}
+
+
+def _how_to_provide(cfg: PipelineConfig, ext: Extension) -> str:
+    """What the user can do when no source had EXT: one sentence."""
+    torch = f"torch {cfg.torch_version}" if cfg.torch_version else "this torch"
+    where = (
+        f" ({ext.name} publishes no sdist on PyPI; its wheels are listed at {NO_SDIST[ext.name]})"
+        if ext.name in NO_SDIST
+        else ""
+    )
+    return (
+        f"To provide it: put a {ext.name} wheel built for {torch} and Python in the wheelhouse {cfg.wheelhouse}, "
+        f"or pass --find-links DIR_OR_URL or --index-url URL where one is published{where}, "
+        f"or a local source folder as --extension PATH"
+    )
 
 
 def _first_line(box: Container, script: str) -> str:

@@ -10,7 +10,7 @@ from slimmer.protect.libraries import LibraryProtector
 from slimmer.protect.metadata import MetadataProtector
 
 if TYPE_CHECKING:
-    from slimmer.plan import Protector
+    from slimmer.model.plan import Protector
 
 
 def default_protectors() -> tuple[Protector, ...]:

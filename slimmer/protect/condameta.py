@@ -23,15 +23,16 @@ import os
 import posixpath
 from typing import TYPE_CHECKING, Any
 
-from slimmer.protect.records import known_hash, record_hash, write_synced
+from slimmer.dists import record_hash
+from slimmer.protect.records import known_hash, write_synced
 from slimmer.safe_read import read_regular
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
 
-    from slimmer.apply import ApplyResult
-    from slimmer.plan import Plan
+    from slimmer.model.apply import ApplyResult
+    from slimmer.model.plan import Plan
 
 _MAX_RECORD = 64 << 20
 

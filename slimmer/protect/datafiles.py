@@ -46,7 +46,7 @@ from slimmer.walk import Kind
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from slimmer.plan import PlanContext
+    from slimmer.model.plan import PlanContext
     from slimmer.rules import Rule
 
 _TEST_FOLDERS = frozenset({"tests", "test"})

@@ -36,7 +36,7 @@ from slimmer.walk import Kind
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
-    from slimmer.plan import PlanContext
+    from slimmer.model.plan import PlanContext
     from slimmer.rules import Rule
 
 _EXT_MODULE = re.compile(r"^(?P<name>[A-Za-z_]\w*)(\.[\w-]+)?\.(so|pyd)$")

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 from slimmer.walk import Kind
 
 if TYPE_CHECKING:
-    from slimmer.elf.analyze import ElfReport
-    from slimmer.plan import PlanContext
+    from slimmer.model.elf import ElfReport
+    from slimmer.model.plan import PlanContext
     from slimmer.rules import Rule
 
 _SHARED = re.compile(r"\.so(\.[0-9][\w.]*)?$")

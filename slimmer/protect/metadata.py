@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from slimmer.dists import METADATA_SUFFIXES
 
 if TYPE_CHECKING:
-    from slimmer.plan import PlanContext
+    from slimmer.model.plan import PlanContext
     from slimmer.rules import Rule
 
 _NAMES = ("dist-info", "egg-info")

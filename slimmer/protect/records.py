@@ -11,39 +11,20 @@ are left as they are. Only writes through `tmp_for`.
 
 from __future__ import annotations
 
-import base64
 import csv
-import hashlib
 import io
 import os
 import posixpath
 from typing import TYPE_CHECKING
 
-from slimmer.dists import METADATA_SUFFIXES
+from slimmer.dists import METADATA_SUFFIXES, record_hash
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
-    from typing import BinaryIO
 
-    from slimmer.apply import ApplyResult
-    from slimmer.plan import Plan
-
-
-def record_hash(file: str | BinaryIO) -> tuple[str, int]:
-    """The RECORD hash (`sha256=<urlsafe base64, no padding>`) and size of a file (a path, or a
-    binary file object read from where it stands to its end)."""
-    if isinstance(file, str):
-        with open(file, "rb") as fh:
-            return record_hash(fh)
-    digest = hashlib.sha256()
-    size = 0
-    buffer = bytearray(1 << 20)
-    view = memoryview(buffer)
-    while n := file.readinto(view):  # type: ignore[attr-defined]
-        digest.update(view[:n])  # releases the GIL: another thread can hash meanwhile
-        size += n
-    return "sha256=" + base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode(), size
+    from slimmer.model.apply import ApplyResult
+    from slimmer.model.plan import Plan
 
 
 def _records(root: Path, plan: Plan, suffix: str, filename: str) -> Iterator[tuple[str, str]]:

@@ -15,7 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from slimmer.apply import ApplyResult, apply_plan
+from slimmer.apply import apply_plan
 from slimmer.verify.checks import CheckResult, Status
 from slimmer.verify.runner import run_checks
 
@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
     from pathlib import Path
 
-    from slimmer.apply import Rewriter
-    from slimmer.plan import Plan
+    from slimmer.model.apply import ApplyResult, Rewriter
+    from slimmer.model.plan import Plan
     from slimmer.progress import Progress
     from slimmer.verify.checks import VerifyCheck
 
@@ -71,7 +71,7 @@ def _candidates(plan: Plan) -> dict[str, str]:
 def _subplan(plan: Plan, chosen: frozenset[str]) -> Plan:
     """The part of `plan` that the `chosen` rule lines decide: a folder goes whole only if every
     path in it is chosen too, else only its chosen paths go."""
-    from slimmer.plan import Unit
+    from slimmer.model.plan import Unit
     from slimmer.walk import Kind
 
     removals = tuple(r for r in plan.removals if r.rule.where in chosen)

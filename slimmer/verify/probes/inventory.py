@@ -42,6 +42,7 @@ OP_LIBRARIES = {
     "torch-cluster": "torch_cluster",
     "torch-spline-conv": "torch_spline_conv",
     "pyg-lib": "pyg_lib",
+    "torch-geometric": "torch_geometric",
 }
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 EXT_SUFFIXES = tuple(importlib.machinery.EXTENSION_SUFFIXES)

@@ -1,9 +1,10 @@
 """Run one operation of a library on a small input and compare it with plain torch: `ops.py LIBRARY`.
 
-LIBRARY is torch, torch_scatter, torch_sparse, torch_cluster, torch_spline_conv or pyg_lib. Runs on
-CUDA when torch sees a GPU, else on the CPU, and reports which device ran it. Importing
-torch_geometric proves nothing here: it swallows import errors of these libraries, so each one
-is imported and called directly.
+LIBRARY is torch, torch_scatter, torch_sparse, torch_cluster, torch_spline_conv, pyg_lib or
+torch_geometric. Runs on CUDA when torch sees a GPU, else on the CPU, and reports which device ran it.
+Importing torch_geometric proves nothing by itself: it swallows import errors of these libraries and
+falls back to plain torch, so each library is imported and called directly, and the torch_geometric
+workload fails when a compiled library that is installed did not load.
 """
 
 # Runs on the checked environment's own Python (3.8 and later), so: no annotations, %-formatting.
@@ -131,6 +132,107 @@ def check_pyg_lib(torch, dev):
     close(torch, pyg_lib.ops.segment_matmul(inputs, ptr, other), want, "segment_matmul")
 
 
+# torch_geometric's flag for each compiled library it picks up when the library loads.
+PYG_FLAGS = {
+    "torch_scatter": "WITH_TORCH_SCATTER",
+    "torch_sparse": "WITH_TORCH_SPARSE",
+    "torch_cluster": "WITH_TORCH_CLUSTER",
+    "torch_spline_conv": "WITH_TORCH_SPLINE_CONV",
+    "pyg_lib": "WITH_PYG_LIB",
+}
+
+
+def random_graph(torch, g, nodes, edges, dev):
+    """Distinct directed edges without self-loops, as (source, target)."""
+    pairs = torch.randint(0, nodes, (2, edges * 2), generator=g)
+    pairs = pairs[:, pairs[0] != pairs[1]]
+    pairs = torch.unique(pairs[0] * nodes + pairs[1])[:edges]
+    return torch.stack([pairs // nodes, pairs % nodes]).to(dev)
+
+
+def gcn_reference(torch, x, src, dst, weight, bias):
+    """GCNConv by its formula: D^-1/2 (A + I) D^-1/2 X W^T + b, A[target, source] = 1."""
+    n = x.shape[0]
+    adj = torch.zeros(n, n, device=x.device, dtype=x.dtype)
+    adj[dst, src] = 1.0
+    adj = adj + torch.eye(n, device=x.device, dtype=x.dtype)
+    norm = adj.sum(1).pow(-0.5)
+    return (norm[:, None] * adj * norm[None, :]) @ (x @ weight.t()) + bias
+
+
+def sage_reference(torch, x, src, dst, lin_l, lin_r):
+    """SAGEConv (mean): lin_l(mean of the sources of each target) + lin_r(x)."""
+    n = x.shape[0]
+    total = torch.zeros(n, x.shape[1], device=x.device, dtype=x.dtype).index_add_(0, dst, x[src])
+    count = torch.zeros(n, device=x.device, dtype=x.dtype).index_add_(0, dst, torch.ones_like(dst, dtype=x.dtype))
+    mean = total / count.clamp(min=1)[:, None]
+    return mean @ lin_l.weight.t() + lin_l.bias + x @ lin_r.weight.t()
+
+
+def forward_backward(torch, conv, run, reference, x, what):
+    """The layer's output and the gradients of its parameters and input against the formula's."""
+    params = [p for p in conv.parameters() if p.requires_grad]
+    got = run(x)
+    want = reference(x)
+    close(torch, got, want, what + " forward")
+    got_grads = torch.autograd.grad(got.pow(2).sum(), [x, *params])
+    want_grads = torch.autograd.grad(want.pow(2).sum(), [x, *params])
+    for i, (a, b) in enumerate(zip(got_grads, want_grads)):
+        close(torch, a, b, "%s backward (%s)" % (what, "input" if i == 0 else "parameter %d" % i))
+
+
+def check_torch_geometric(torch, dev):
+    import importlib.util
+
+    import torch_geometric.typing as pyg_typing
+    from torch_geometric.nn import GCNConv, SAGEConv
+
+    used = []
+    for lib, flag in sorted(PYG_FLAGS.items()):
+        # A flag this torch_geometric does not define: it does not use the library (2.8 ignores
+        # torch_cluster and torch_spline_conv); their own op checks cover them.
+        if importlib.util.find_spec(lib) is None or not hasattr(pyg_typing, flag):
+            continue
+        if not getattr(pyg_typing, flag):
+            raise AssertionError("%s is installed but torch_geometric could not load it (%s is False)" % (lib, flag))
+        used.append(lib)
+    g = torch.Generator().manual_seed(0)
+    nodes = 24
+    edge_index = random_graph(torch, g, nodes, 80, dev)
+    src, dst = edge_index[0], edge_index[1]
+    x = torch.randn(nodes, 6, generator=g).to(dev).requires_grad_()
+    torch.manual_seed(0)
+    gcn = GCNConv(6, 4).to(dev)
+    sage = SAGEConv(6, 4).to(dev)
+    layouts = [("edge_index", edge_index)]
+    if "torch_sparse" in used:
+        from torch_sparse import SparseTensor
+
+        # The transposed adjacency (row = target): GCNConv and SAGEConv then run torch_sparse's kernels.
+        layouts.append(("SparseTensor", SparseTensor(row=dst, col=src, sparse_sizes=(nodes, nodes))))
+    for layout, graph in layouts:
+        forward_backward(
+            torch,
+            gcn,
+            lambda x, graph=graph: gcn(x, graph),
+            lambda x: gcn_reference(torch, x, src, dst, gcn.lin.weight, gcn.bias),
+            x,
+            "GCNConv on %s" % layout,
+        )
+        forward_backward(
+            torch,
+            sage,
+            lambda x, graph=graph: sage(x, graph),
+            lambda x: sage_reference(torch, x, src, dst, sage.lin_l, sage.lin_r),
+            x,
+            "SAGEConv on %s" % layout,
+        )
+    return "layouts %s; compiled libraries used: %s" % (
+        ", ".join(name for name, _ in layouts),
+        ", ".join(used) or "none",
+    )
+
+
 CHECKS = {
     "torch": check_torch,
     "torch_scatter": check_torch_scatter,
@@ -138,6 +240,7 @@ CHECKS = {
     "torch_cluster": check_torch_cluster,
     "torch_spline_conv": check_torch_spline_conv,
     "pyg_lib": check_pyg_lib,
+    "torch_geometric": check_torch_geometric,
 }
 
 
@@ -150,14 +253,15 @@ def main(names):
             import torch
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
-            CHECKS[name](torch, torch.device(device))
+            said = CHECKS[name](torch, torch.device(device))
             if device == "cuda":
                 torch.cuda.synchronize()
         except BaseException as exc:
             detail = "device %s\n%s" % (device, traceback.format_exc()[-4000:])
             report(name, False, time.monotonic() - start, describe(exc), detail)
         else:
-            report(name, True, time.monotonic() - start, detail="device %s" % device)
+            detail = "device %s" % device + ("\n%s" % said if said else "")
+            report(name, True, time.monotonic() - start, detail=detail)
 
 
 if __name__ == "__main__":
