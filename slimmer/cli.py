@@ -154,20 +154,23 @@ def apply_cmd(
     gpu = gpu_pruning(gpu_arch, no_ptx)
     root_path, ruleset = _load(root, rules, keep, force, profile)
     with _workers(ruleset, gpu):  # started now: they import LIEF while the plan walks the tree
-        plan = _make_plan(root_path, ruleset, gpu)
         if dry_run:
+            plan = _make_plan(root_path, ruleset, gpu)
             _emit_json(plan_to_dict(plan, top=top)) if as_json else click.echo(render_plan(plan, top=top))
             return
+        from slimmer.journal import root_lock
         from slimmer.rewriters import default_rewriters
 
         run = apply_plan if verify is None else verify.apply  # --verify: checks before/after, undo on a regression
-        result = run(
-            plan,
-            commit=not no_commit,
-            wait=wait,
-            rewriters=default_rewriters(gpu),
-            progress=Progress.for_terminal("removing"),
-        )
+        with root_lock(root_path, wait=wait, reentrant=True):  # planned under the lock: never a stale plan
+            plan = _make_plan(root_path, ruleset, gpu)
+            result = run(
+                plan,
+                commit=not no_commit,
+                wait=wait,
+                rewriters=default_rewriters(gpu),
+                progress=Progress.for_terminal("removing"),
+            )
     if as_json:
         _emit_json(apply_to_dict(plan, result))
     else:
@@ -210,7 +213,10 @@ def undo_cmd(root: str, force: bool, wait: float) -> None:
     from slimmer.apply import undo
     from slimmer.targets import check_root
 
-    run_id, restored, problems = undo(check_root(root, force=force), wait=wait)
+    notes: list[str] = []
+    run_id, restored, problems = undo(check_root(root, force=force), wait=wait, notes=notes)
+    for note in notes:
+        click.echo(f"warning: {note}", err=True)
     for rel, why in problems:
         click.echo(f"could not restore {rel}: {why}", err=True)
     click.echo(f"Restored {restored} items of run {run_id}.")
@@ -225,7 +231,11 @@ def commit_cmd(root: str, force: bool) -> None:
     from slimmer.apply import commit
     from slimmer.targets import check_root
 
-    click.echo(f"Committed run {commit(check_root(root, force=force))}.")
+    notes: list[str] = []
+    run_id = commit(check_root(root, force=force), notes=notes)
+    for note in notes:
+        click.echo(f"warning: {note}", err=True)
+    click.echo(f"Committed run {run_id}.")
 
 
 @cli.command("rules")

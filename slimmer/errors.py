@@ -40,3 +40,10 @@ class CheckFailedError(SlimmerError):
     """A verification check failed after slimming."""
 
     exit_code = 5
+
+
+class UnsafeStateError(SlimmerError):
+    """Slimmer's state under ROOT/.slimmer cannot be trusted: a link, a folder on another file
+    system or of another owner, or a journal that names paths outside ROOT. Nothing was changed."""
+
+    exit_code = 6

@@ -6,6 +6,7 @@ and returns data. It never changes the file system; `slimmer.apply` carries a pl
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 from slimmer.dists import Owners
 from slimmer.layout import Layout
 from slimmer.model.plan import Kept, Plan, PlanContext, Protector, Removal, Unit
+from slimmer.mounts import mount_points_under
 from slimmer.progress import Progress
 from slimmer.walk import Kind, Tree, walk
 
@@ -142,6 +144,14 @@ def make_plan(
     for k in list(kept):
         for ancestor in _ancestors(_parent(k.rel)):
             removing.pop(ancestor, None)
+    # A mount point stays, and so does every folder above it: staging would rename a folder with
+    # the mounts inside it, and the commit would then delete what they hold.
+    for mount in sorted(set(tree.mounts) | mount_points_under(os.fspath(root))):
+        above = [removing[a] for a in _ancestors(mount) if a in removing]
+        for ancestor in _ancestors(mount):
+            removing.pop(ancestor, None)
+        if above:
+            kept.append(Kept(mount, 0, above[-1], "another file system (a mount point): never removed", "mount"))
 
     # Folders: one goes whole only if a rule names it and everything inside it goes too.
     total_children: Counter[str] = Counter(_parent(e.rel) for e in tree.entries)

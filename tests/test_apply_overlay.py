@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import subprocess
 from typing import TYPE_CHECKING
 
@@ -77,10 +78,11 @@ def test_rename_falls_back_to_entry_by_entry_when_the_folder_cannot_move(
     os.chmod(src / "a" / "b", 0o750)
     real_rename = os.rename
 
-    def no_folder_renames(a: str, b: str) -> None:
-        if os.path.isdir(a) and not os.path.islink(a):
+    def no_folder_renames(a: str, b: str, *, src_dir_fd: int | None = None, dst_dir_fd: int | None = None) -> None:
+        st = os.lstat(a, dir_fd=src_dir_fd)
+        if stat.S_ISDIR(st.st_mode):
             raise OSError(errno.EXDEV, "Invalid cross-device link")
-        real_rename(a, b)
+        real_rename(a, b, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
 
     monkeypatch.setattr(os, "rename", no_folder_renames)
     _move(str(src / "a"), str(tmp_path / "staged"))

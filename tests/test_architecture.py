@@ -26,6 +26,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "slimmer.layout",
             "slimmer.dists",
             "slimmer.journal",
+            "slimmer.mounts",
             "slimmer.targets",
             "slimmer.profiles",
             "slimmer.config_file",

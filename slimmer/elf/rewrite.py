@@ -43,7 +43,7 @@ def writable(path: str, mode: int) -> bool:
 def keep_owner(tmp: str, st: os.stat_result) -> None:
     """Give the new file the original's owner (apply gives it the original's mode)."""
     if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
-        os.chown(tmp, st.st_uid, st.st_gid)
+        os.chown(tmp, st.st_uid, st.st_gid, follow_symlinks=False)
 
 
 def discard(tmp: str) -> None:

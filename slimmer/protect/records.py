@@ -45,8 +45,10 @@ def _records(root: Path, plan: Plan, suffix: str, filename: str) -> Iterator[tup
 
 
 def write_synced(tmp: Path, text: str) -> None:
-    """Write a rewriter's new version of a text file to its temporary path, as is, and fsync it."""
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    """Write a rewriter's new version of a text file to its temporary path, as is, and fsync it.
+    The path must not exist: it is created (O_EXCL), never opened through a link planted there."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with open(fd, "w", newline="", encoding="utf-8") as fh:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
