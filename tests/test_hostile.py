@@ -13,6 +13,7 @@ import hashlib
 import importlib.metadata
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -302,3 +303,35 @@ def test_after_a_kill_during_commit_apply_points_to_commit(env: Path) -> None:
     one_line_error(slimmer("undo", str(env)), 2, "run 'slimmer commit' to finish it")
     assert slimmer("commit", str(env)).returncode == 0
     assert journal.state() is RunState.COMMITTED and not journal.staged.exists()
+
+
+def test_kill_9_leaves_no_worker_behind(tmp_path):
+    """Issue 11 item 15: the pool's workers die with slimmer (parent-death signal through the forkserver)."""
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import os, signal, sys\n"
+        "from slimmer.elf.pool import WorkerPool\n"
+        "pool = WorkerPool(2)\n"
+        "pool._starter.join()\n"
+        "print(' '.join(str(p) for p in pool.executor._processes), flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False, cwd=REPO
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    pids = [int(p) for p in proc.stdout.split()]
+    assert len(pids) == 2
+    deadline = time.monotonic() + 20
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in pids if Path(f"/proc/{p}").exists() and "Z" not in _state(p)]
+        time.sleep(0.2)
+    assert alive == [], f"workers still running after kill -9 of slimmer: {alive}"
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"

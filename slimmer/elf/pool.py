@@ -17,6 +17,7 @@ import contextlib
 import gc
 import multiprocessing
 import os
+import signal
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import TYPE_CHECKING, TypeVar
@@ -74,8 +75,22 @@ def default_budget(costs: Sequence[int]) -> int:
     return max(max(costs, default=0), FLOOR)
 
 
+def _die_with_parent() -> None:
+    """Worker initializer: ask the kernel to kill this worker when its parent (the forkserver, which
+    exits when slimmer does) dies, so a `kill -9` of slimmer leaves no worker behind (Linux only)."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def _import_lief() -> None:
-    """Worker initializer: pay for `import lief` once per worker, before the first task."""
+    """Worker initializer: die with the parent; pay for `import lief` once per worker, before the first task."""
+    _die_with_parent()
     with contextlib.suppress(ImportError):
         import lief  # noqa: F401
 
@@ -167,7 +182,9 @@ def bounded_map(
         lock: contextlib.AbstractContextManager[object] = shared.lock
     else:
         context = multiprocessing.get_context("forkserver")
-        pool_cm = ProcessPoolExecutor(max_workers=min(jobs, len(order)), mp_context=context)
+        pool_cm = ProcessPoolExecutor(
+            max_workers=min(jobs, len(order)), mp_context=context, initializer=_die_with_parent
+        )
         lock = contextlib.nullcontext()
     with lock, pool_cm as pool:
         while pending or running:
