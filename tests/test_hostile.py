@@ -9,6 +9,7 @@ cannot proceed, that it says so in one line with its documented exit code.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import os
@@ -306,27 +307,36 @@ def test_after_a_kill_during_commit_apply_points_to_commit(env: Path) -> None:
 
 
 def test_kill_9_leaves_no_worker_behind(tmp_path):
-    """Issue 11 item 15: the pool's workers die with slimmer (parent-death signal through the forkserver)."""
+    """Issue 11 item 15: the pool's workers, busy in a task, end when slimmer is killed."""
     script = tmp_path / "run.py"
     script.write_text(
-        "import os, signal, sys\n"
+        "import os, signal, time\n"
         "from slimmer.elf.pool import WorkerPool\n"
-        "pool = WorkerPool(2)\n"
-        "pool._starter.join()\n"
-        "print(' '.join(str(p) for p in pool.executor._processes), flush=True)\n"
-        "os.kill(os.getpid(), signal.SIGKILL)\n"
+        "if __name__ == '__main__':\n"
+        "    pool = WorkerPool(2)\n"
+        "    pool._starter.join()\n"
+        "    busy = [pool.executor.submit(time.sleep, 300) for _ in range(2)]\n"  # workers in the middle of a task
+        "    time.sleep(1)\n"
+        "    print(' '.join(str(p) for p in pool.executor._processes), flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
     )
-    proc = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False, cwd=REPO
-    )
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
-    pids = [int(p) for p in proc.stdout.split()]
+    # Output to files: a worker that outlives slimmer would hold a pipe open and block the run.
+    out, err = tmp_path / "out", tmp_path / "err"
+    with out.open("w") as fh_out, err.open("w") as fh_err:
+        proc = subprocess.run(
+            [sys.executable, str(script)], stdout=fh_out, stderr=fh_err, timeout=120, check=False, cwd=REPO
+        )
+    assert proc.returncode == -signal.SIGKILL, err.read_text()
+    pids = [int(p) for p in out.read_text().split()]
     assert len(pids) == 2
     deadline = time.monotonic() + 20
     alive = pids
     while alive and time.monotonic() < deadline:
         alive = [p for p in pids if Path(f"/proc/{p}").exists() and "Z" not in _state(p)]
         time.sleep(0.2)
+    for pid in alive:  # do not leave them to the next test
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
     assert alive == [], f"workers still running after kill -9 of slimmer: {alive}"
 
 

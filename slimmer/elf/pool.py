@@ -17,8 +17,9 @@ import contextlib
 import gc
 import multiprocessing
 import os
-import signal
+import select
 import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import TYPE_CHECKING, TypeVar
 
@@ -75,22 +76,36 @@ def default_budget(costs: Sequence[int]) -> int:
     return max(max(costs, default=0), FLOOR)
 
 
-def _die_with_parent() -> None:
-    """Worker initializer: ask the kernel to kill this worker when its parent (the forkserver, which
-    exits when slimmer does) dies, so a `kill -9` of slimmer leaves no worker behind (Linux only)."""
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
+def _exit_with(pid: int) -> None:
+    """Worker initializer: exit as soon as process `pid` (the slimmer that made the pool) is gone.
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() == 1:  # the parent died before prctl took effect
+    A worker's parent is the forkserver, which itself stays as long as any worker does, so a
+    `kill -9` of slimmer would leave both behind, a busy worker until its task ends. A daemon thread
+    waits on a pidfd of slimmer (or polls where pidfds do not exist) and ends the worker."""
+
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            os._exit(1)
+        except (AttributeError, OSError):
+            while True:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    os._exit(1)
+                except PermissionError:
+                    pass
+                time.sleep(1.0)
+        select.select([fd], [], [])
         os._exit(1)
 
+    threading.Thread(target=watch, name="slimmer-parent-watch", daemon=True).start()
 
-def _import_lief() -> None:
-    """Worker initializer: die with the parent; pay for `import lief` once per worker, before the first task."""
-    _die_with_parent()
+
+def _import_lief(parent: int) -> None:
+    """Worker initializer: exit with slimmer; pay for `import lief` once per worker, before the first task."""
+    _exit_with(parent)
     with contextlib.suppress(ImportError):
         import lief  # noqa: F401
 
@@ -111,7 +126,10 @@ class WorkerPool:
         self.jobs = jobs
         self.lock = threading.Lock()
         self.executor = ProcessPoolExecutor(
-            max_workers=jobs, mp_context=multiprocessing.get_context("forkserver"), initializer=_import_lief
+            max_workers=jobs,
+            mp_context=multiprocessing.get_context("forkserver"),
+            initializer=_import_lief,
+            initargs=(os.getpid(),),
         )
         self._starter = threading.Thread(target=self._start, name="slimmer-pool-start", daemon=True)
         self._starter.start()
@@ -183,7 +201,7 @@ def bounded_map(
     else:
         context = multiprocessing.get_context("forkserver")
         pool_cm = ProcessPoolExecutor(
-            max_workers=min(jobs, len(order)), mp_context=context, initializer=_die_with_parent
+            max_workers=min(jobs, len(order)), mp_context=context, initializer=_exit_with, initargs=(os.getpid(),)
         )
         lock = contextlib.nullcontext()
     with lock, pool_cm as pool:
