@@ -17,7 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from slimmer.errors import NothingToUndoError, SlimmerError
+from slimmer.errors import NothingToCommitError, NothingToUndoError, StateConflictError
 from slimmer.journal import Journal, RunState, root_lock
 from slimmer.model.apply import ApplyResult, Rewriter
 from slimmer.progress import Progress
@@ -124,7 +124,7 @@ def apply_plan(
                 f"{root} has an unfinished run ({previous.run_id}): "
                 "run 'slimmer undo' to restore it or 'slimmer commit' to keep it, then try again"
             )
-            raise SlimmerError(msg)
+            raise StateConflictError(msg)
         journal = Journal.create(root, rules=list(plan.rule_names), units=len(plan.units))
         result = ApplyResult(run_id=journal.run_id)
         mover = _Mover(root, journal.staged)
@@ -255,7 +255,7 @@ def undo(root: Path, *, wait: float = 0.0) -> tuple[str, int, list[tuple[str, st
                 f"the last run ({journal.run_id}) was being committed and cannot be restored: "
                 "run 'slimmer commit' to finish it"
             )
-            raise SlimmerError(msg)
+            raise StateConflictError(msg)
         restored, problems = _undo(root, journal)
         return journal.run_id, restored, problems
 
@@ -266,6 +266,6 @@ def commit(root: Path, *, wait: float = 0.0) -> str:
         journal = Journal.latest(root)
         if journal is None or journal.state() not in (RunState.OPEN, RunState.COMMITTING):
             msg = f"nothing to commit: {root} has no unfinished run"
-            raise NothingToUndoError(msg)
+            raise NothingToCommitError(msg)
         _commit(journal)
         return journal.run_id

@@ -15,7 +15,14 @@ import pytest
 
 from slimmer import apply as apply_mod
 from slimmer.apply import apply_plan, commit, undo
-from slimmer.errors import LockedError, NothingToUndoError, SlimmerError, UsageError
+from slimmer.errors import (
+    LockedError,
+    NothingToCommitError,
+    NothingToUndoError,
+    SlimmerError,
+    StateConflictError,
+    UsageError,
+)
 from slimmer.journal import Journal, RunState, root_lock
 from slimmer.plan import make_plan
 from slimmer.protect import default_protectors
@@ -97,12 +104,14 @@ def test_no_commit_then_undo_restores_bytes_and_modes(env, rules):
 
 def test_unfinished_run_blocks_a_new_one_until_commit(env, rules):
     apply_plan(plan(env, rules), commit=False)
-    with pytest.raises(SlimmerError, match="unfinished run"):
+    with pytest.raises(StateConflictError, match="unfinished run") as conflict:
         apply_plan(plan(env, rules))
+    assert conflict.value.exit_code not in (SlimmerError.exit_code, UsageError.exit_code)
     commit(env)
     assert not (env / SP / "pkg/tests").exists()
-    with pytest.raises(NothingToUndoError):
+    with pytest.raises(NothingToCommitError, match="nothing to commit") as nothing:
         commit(env)
+    assert not isinstance(nothing.value, NothingToUndoError)
 
 
 def test_before_commit_saying_no_undoes_everything(env, rules):
