@@ -182,21 +182,35 @@ def test_second_run_refuses_or_waits_for_the_lock(env, rules):
     with root_lock(env), pytest.raises(LockedError, match="another run"):
         apply_plan(plan(env, rules))
 
-    released = threading.Event()
+    # The waiting half: another holder has the lock when apply starts and keeps it a while; apply must
+    # block until it is released, then run (not fail, and not run beside it).
+    the_plan = plan(env, rules)  # made first: planning must not eat the holder's time
+    acquired = threading.Event()
+    released_at: list[float] = []
+    failures: list[BaseException] = []
 
     def hold():
-        with root_lock(env):
-            released.wait(0.5)
-            time.sleep(0.5)
+        try:
+            with root_lock(env):
+                acquired.set()
+                time.sleep(1.0)
+                released_at.append(time.monotonic())
+        except BaseException as exc:
+            failures.append(exc)
 
     holder = threading.Thread(target=hold)
     holder.start()
-    time.sleep(0.1)
-    result = apply_plan(plan(env, rules), wait=10)
+    assert acquired.wait(30), failures
+    started = time.monotonic()
+    result = apply_plan(the_plan, wait=30)
+    ended = time.monotonic()
     holder.join()
+    assert not failures
     assert result.committed
+    assert started < released_at[0] <= ended  # it started while the lock was held and ended after release
 
 
+@pytest.mark.tools  # chattr
 def test_unremovable_file_is_reported_and_the_run_goes_on(env, rules):
     target = env / SP / "pkg/README.md"
     if subprocess.run(["chattr", "+i", str(target)], capture_output=True, check=False).returncode != 0:

@@ -161,6 +161,7 @@ def test_errors_are_one_line_and_json_with_json(tmp_path, capsys):
     assert "'slimmer --help'" in captured.err
 
 
+@pytest.mark.tools  # gcc, strip
 def test_plan_total_includes_the_predicted_strip_saving(tmp_path, capsys):
     if shutil.which("gcc") is None or shutil.which("strip") is None:
         pytest.skip("needs gcc and strip")

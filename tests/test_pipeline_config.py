@@ -216,6 +216,7 @@ def test_build_and_slim_and_dockerfile_run_the_same_slim_command_for_every_confi
     assert (command != slim_command(default)) == (key in SLIM_KEYS)
 
 
+@pytest.mark.venv  # python -m venv --without-pip, at a path with a space and a quote
 def test_package_names_and_paths_are_quoted_in_every_shell_line(tmp_path: Path) -> None:
     odd = tmp_path / "my py'thon"
     odd.mkdir()
