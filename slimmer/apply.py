@@ -198,7 +198,8 @@ def _delete_tree(path: Path, threads: int = 4) -> None:
     """shutil.rmtree, with the subtrees a few levels down deleted by several threads at once:
     unlink and rmdir release the GIL, so a tree of thousands of files goes about a third faster.
     Never follows a symlink (rmtree does not, and the split looks at real folders only)."""
-    folders, queue = [], [os.fspath(path)]
+    folders: list[str] = []
+    queue = [os.fspath(path)]
     while queue and len(folders) + len(queue) < 8 * threads:
         top = queue.pop(0)
         folders.append(top)
