@@ -20,6 +20,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 help:
 	@echo "make demo   - build a torch $(TORCH_VERSION) environment, slim a copy with --rules default, print the report"
 	@echo "make test   - install what the tests need and run them"
+	@echo "make unit   - the tests that need no tool, venv, torch environment or Docker engine"
 	@echo "make lint   - ruff"
 	@echo "make bench  - slimmer against the seed recipe on real environments (bench/RESULTS.md)"
 	@echo "make family-env - build the PyG extension family from sdists (tests/test_family.py skips without it)"
@@ -50,8 +51,9 @@ lint: venv
 	$(VENV)/bin/ruff check slimmer tests bench
 	$(VENV)/bin/ruff format --check slimmer tests bench
 
+# The tests that need nothing but Python: no compiler or other tool, no venv, no engine (markers in pyproject.toml).
 unit: venv
-	$(PY) -m pytest -m "not torch and not docker and not slow"
+	$(PY) -m pytest -m "not torch and not docker and not slow and not tools and not venv"
 
 test: venv envs bench-tools build-tools elf-fixtures libs-env data-env docker scatter-env
 	$(VENV)/bin/ruff check slimmer tests bench

@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from slimmer.errors import NothingToUndoError, SlimmerError
+from slimmer.errors import NothingToCommitError, NothingToUndoError, StateConflictError
 from slimmer.journal import DIR_FLAGS, Journal, RunState, root_lock, safe_rel
 from slimmer.model.apply import ApplyResult, Rewriter
 from slimmer.mounts import holds_mount, mount_points_under
@@ -298,13 +298,13 @@ def apply_plan(
         previous = Journal.latest(root)
         if previous is not None and previous.state() is RunState.COMMITTING:
             msg = f"{root} has a run that was being committed ({previous.run_id}): run 'slimmer commit' to finish it"
-            raise SlimmerError(msg)
+            raise StateConflictError(msg)
         if previous is not None and previous.state() is RunState.OPEN:
             msg = (
                 f"{root} has an unfinished run ({previous.run_id}): "
                 "run 'slimmer undo' to restore it or 'slimmer commit' to keep it, then try again"
             )
-            raise SlimmerError(msg)
+            raise StateConflictError(msg)
         journal = Journal.create(root, rules=list(plan.rule_names), units=len(plan.units))
         result = ApplyResult(run_id=journal.run_id)
         mover = _Mover(root, journal)
@@ -508,7 +508,7 @@ def undo(root: Path, *, wait: float = 0.0, notes: list[str] | None = None) -> tu
                 f"the last run ({journal.run_id}) was being committed and cannot be restored: "
                 "run 'slimmer commit' to finish it"
             )
-            raise SlimmerError(msg)
+            raise StateConflictError(msg)
         restored, problems = _undo(root, journal, notes)
         return journal.run_id, restored, problems
 
@@ -519,7 +519,7 @@ def commit(root: Path, *, wait: float = 0.0, notes: list[str] | None = None) -> 
         journal = Journal.latest(root)
         if journal is None or journal.state() not in (RunState.OPEN, RunState.COMMITTING):
             msg = f"nothing to commit: {root} has no unfinished run"
-            raise NothingToUndoError(msg)
+            raise NothingToCommitError(msg)
         if notes is not None:
             notes.extend(journal.damaged)
         _commit(journal, notes)

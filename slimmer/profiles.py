@@ -12,8 +12,6 @@ from __future__ import annotations
 from slimmer.errors import RuleError
 from slimmer.rules import RULE_SUFFIX, RuleSet, builtin_rules_dir
 
-DEFAULT_PROFILE = "default"
-
 
 def profile_names() -> list[str]:
     return sorted(p.stem for p in (builtin_rules_dir() / "profiles").glob(f"*{RULE_SUFFIX}"))

@@ -11,6 +11,26 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 
+# A test that uses one of these fixtures needs what the markers say (registered in pyproject.toml);
+# `make unit` runs only tests with none of them. Tests that call a tool themselves carry the marker.
+FIXTURE_MARKS = {
+    "built": ("tools",),  # test_elf.py: fixtures/elf/build.sh (gcc, patchelf), readelf
+    "small_env": ("tools", "venv"),  # test_verify.py: a venv and a gcc-built extension; test_bench.py: a venv
+    "bench_run": ("tools", "venv"),  # test_bench.py: /usr/bin/time, strip
+    "libs": ("tools",),  # test_gpu_prune.py: nvcc, cuobjdump
+    "overlay_root": ("tools",),  # test_apply_overlay.py: mount -t overlay
+    "torch_env": ("torch",),
+    "torch_copy": ("torch",),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture in getattr(item, "fixturenames", ()):
+            for name in FIXTURE_MARKS.get(fixture, ()):
+                item.add_marker(name)
+
+
 @pytest.fixture(scope="session")
 def torch_env() -> Path:
     """The cached torch environment that `make envs` builds (SLIMMER_TORCH_ENV)."""

@@ -15,7 +15,14 @@ import pytest
 
 from slimmer import apply as apply_mod
 from slimmer.apply import apply_plan, commit, undo
-from slimmer.errors import LockedError, NothingToUndoError, SlimmerError, UsageError
+from slimmer.errors import (
+    LockedError,
+    NothingToCommitError,
+    NothingToUndoError,
+    SlimmerError,
+    StateConflictError,
+    UsageError,
+)
 from slimmer.journal import Journal, RunState, root_lock
 from slimmer.plan import make_plan
 from slimmer.protect import default_protectors
@@ -97,12 +104,14 @@ def test_no_commit_then_undo_restores_bytes_and_modes(env, rules):
 
 def test_unfinished_run_blocks_a_new_one_until_commit(env, rules):
     apply_plan(plan(env, rules), commit=False)
-    with pytest.raises(SlimmerError, match="unfinished run"):
+    with pytest.raises(StateConflictError, match="unfinished run") as conflict:
         apply_plan(plan(env, rules))
+    assert conflict.value.exit_code not in (SlimmerError.exit_code, UsageError.exit_code)
     commit(env)
     assert not (env / SP / "pkg/tests").exists()
-    with pytest.raises(NothingToUndoError):
+    with pytest.raises(NothingToCommitError, match="nothing to commit") as nothing:
         commit(env)
+    assert not isinstance(nothing.value, NothingToUndoError)
 
 
 def test_before_commit_saying_no_undoes_everything(env, rules):
@@ -173,21 +182,35 @@ def test_second_run_refuses_or_waits_for_the_lock(env, rules):
     with root_lock(env), pytest.raises(LockedError, match="another run"):
         apply_plan(plan(env, rules))
 
-    released = threading.Event()
+    # The waiting half: another holder has the lock when apply starts and keeps it a while; apply must
+    # block until it is released, then run (not fail, and not run beside it).
+    the_plan = plan(env, rules)  # made first: planning must not eat the holder's time
+    acquired = threading.Event()
+    released_at: list[float] = []
+    failures: list[BaseException] = []
 
     def hold():
-        with root_lock(env):
-            released.wait(0.5)
-            time.sleep(0.5)
+        try:
+            with root_lock(env):
+                acquired.set()
+                time.sleep(1.0)
+                released_at.append(time.monotonic())
+        except BaseException as exc:
+            failures.append(exc)
 
     holder = threading.Thread(target=hold)
     holder.start()
-    time.sleep(0.1)
-    result = apply_plan(plan(env, rules), wait=10)
+    assert acquired.wait(30), failures
+    started = time.monotonic()
+    result = apply_plan(the_plan, wait=30)
+    ended = time.monotonic()
     holder.join()
+    assert not failures
     assert result.committed
+    assert started < released_at[0] <= ended  # it started while the lock was held and ended after release
 
 
+@pytest.mark.tools  # chattr
 def test_unremovable_file_is_reported_and_the_run_goes_on(env, rules):
     target = env / SP / "pkg/README.md"
     if subprocess.run(["chattr", "+i", str(target)], capture_output=True, check=False).returncode != 0:

@@ -29,9 +29,16 @@ def run(*args):
 def test_help_explains_every_command():
     proc = run("--help")
     assert proc.returncode == 0
-    for command in ("plan", "apply", "explain", "undo", "commit", "rules"):
-        assert command in proc.stdout
     assert "slimmer apply --rules default /opt/conda/envs/py" in proc.stdout
+    # The "Commands:" table, not the prose above it (which names plan, apply, undo... too): every command
+    # the group has is listed there with a description, and nothing else is.
+    table = proc.stdout.split("\nCommands:\n", 1)[1]
+    listed = dict(line.split(None, 1) for line in table.splitlines() if line.strip())
+    from slimmer.cli import cli
+
+    assert set(listed) == set(cli.commands)
+    assert {"plan", "apply", "explain", "undo", "commit", "rules", "verify", "dockerfile"} <= set(listed)
+    assert all(len(text.strip()) > 10 for text in listed.values())
 
 
 def test_unknown_rule_set_is_one_line_and_exit_2(tmp_path):
@@ -102,6 +109,38 @@ def test_undo_via_cli(tmp_path, capsys):
     assert main(["undo", str(root)]) == 0
     assert (root / SP / "torch/test/bin_test").exists()
     assert main(["undo", str(root)]) == 4
+    capsys.readouterr()
+    assert main(["commit", str(root)]) == 4
+    assert capsys.readouterr().err.startswith("slimmer: error: nothing to commit")
+
+
+def test_exit_codes_are_distinct_and_the_table_is_in_the_readme(tmp_path, capsys):
+    """A user error never exits 2 unless it is bad input (2 is click's usage error); a state conflict
+    has its own code; the README's table matches the one in slimmer/errors.py."""
+    import re
+
+    from slimmer import errors
+    from tests.helpers import REPO
+
+    root = env(tmp_path)
+    assert main(["apply", "--no-commit", str(root)]) == 0
+    assert main(["apply", str(root)]) == errors.StateConflictError.exit_code == 9
+    assert "unfinished run" in capsys.readouterr().err
+    assert errors.SlimmerError.exit_code != 2
+    classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.SlimmerError)]
+    rows: dict[int, str] = {}  # the docstring's table: a row starts with its code, may go on below
+    code = None
+    for line in (errors.__doc__ or "").split("code  meaning", 1)[1].splitlines():
+        found = re.match(r"\s+(\d+)\s", line)
+        if found:
+            code = int(found.group(1))
+            rows[code] = line
+        elif code is not None and line.strip():
+            rows[code] += line
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for cls in classes:
+        assert re.search(rf"\b{cls.__name__}\b", rows.get(cls.exit_code, "")), cls.__name__
+        assert re.search(rf"^\s*\| {cls.exit_code} \|", readme, re.M), f"README lacks exit code {cls.exit_code}"
 
 
 def test_errors_are_one_line_and_json_with_json(tmp_path, capsys):
@@ -122,6 +161,7 @@ def test_errors_are_one_line_and_json_with_json(tmp_path, capsys):
     assert "'slimmer --help'" in captured.err
 
 
+@pytest.mark.tools  # gcc, strip
 def test_plan_total_includes_the_predicted_strip_saving(tmp_path, capsys):
     if shutil.which("gcc") is None or shutil.which("strip") is None:
         pytest.skip("needs gcc and strip")

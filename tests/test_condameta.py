@@ -23,7 +23,7 @@ import pytest
 
 from slimmer.cli import main
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.venv]
 
 SP = f"lib/python3.{sys.version_info[1]}/site-packages"
 PY = f"{sys.version_info[0]}.{sys.version_info[1]}.{sys.version_info[2]}"

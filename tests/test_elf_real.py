@@ -33,6 +33,7 @@ def run_python(env: Path, code: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.venv
 def test_manylinux_wheels_still_work_after_default(tmp_path, capsys):
     env = tmp_path / "env"
     shutil.copytree(cached_env("SLIMMER_LIBS_ENV", "libs-env"), env, symlinks=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from slimmer.apply import apply_plan
-from slimmer.errors import UnsafeStateError
+from slimmer.errors import StateConflictError, UnsafeStateError
 from slimmer.journal import Journal, RunState, _encode, root_lock
 from slimmer.plan import make_plan
 from slimmer.protect import default_protectors
@@ -188,7 +188,7 @@ def test_planted_staging_link_and_journal_lines_touch_nothing_outside(env: Path,
     before, sentinel = manifest(env), manifest(outside)
     one_line_error(slimmer("commit", str(env)), UnsafeStateError.exit_code, "staged is a link or not a folder")
     one_line_error(slimmer("undo", str(env)), UnsafeStateError.exit_code, "staged is a link or not a folder")
-    one_line_error(slimmer("apply", str(env)), 2, "has an unfinished run")  # refused before any change
+    one_line_error(slimmer("apply", str(env)), StateConflictError.exit_code, "has an unfinished run")  # refused first
     assert manifest(outside) == sentinel
     assert manifest(env) == before
 
@@ -300,8 +300,8 @@ def test_after_a_kill_during_commit_apply_points_to_commit(env: Path) -> None:
     journal = Journal.latest(env)
     assert journal is not None
     journal.set_state(RunState.COMMITTING)  # what a kill in the middle of the commit leaves
-    one_line_error(slimmer("apply", str(env)), 2, "run 'slimmer commit' to finish it")
-    one_line_error(slimmer("undo", str(env)), 2, "run 'slimmer commit' to finish it")
+    one_line_error(slimmer("apply", str(env)), StateConflictError.exit_code, "run 'slimmer commit' to finish it")
+    one_line_error(slimmer("undo", str(env)), StateConflictError.exit_code, "run 'slimmer commit' to finish it")
     assert slimmer("commit", str(env)).returncode == 0
     assert journal.state() is RunState.COMMITTED and not journal.staged.exists()
 

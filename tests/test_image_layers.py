@@ -119,3 +119,20 @@ def test_slimmer_image_on_a_real_image_finds_the_bytes_a_later_rm_did_not_free(
 def test_image_of_a_missing_image_is_one_line(docker_engine: object, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["image", "slimmer-test:no-such-image"]) == 6
     assert "is not on the engine" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("archive", "why"),
+    [
+        (io.BytesIO(b"not a tar at all"), "not a readable `docker save` archive"),
+        (io.BytesIO(_tar({"manifest.json": b"{broken"})), "Expecting property name"),
+        (io.BytesIO(_tar({"manifest.json": b"[{}]"})), "missing 'Config'"),
+        (io.BytesIO(_tar({"manifest.json": b'[{"Config": "d", "Layers": []}]', "d/": None})), "is not a file"),
+    ],
+)
+def test_a_damaged_archive_is_a_one_line_usage_error_not_a_traceback(archive: io.BytesIO, why: str) -> None:
+    from slimmer.errors import UsageError
+
+    with pytest.raises(UsageError, match=why) as info:
+        analyse_archive(archive, "t:1")
+    assert str(info.value).startswith("t:1: not a readable `docker save` archive") and "\n" not in str(info.value)

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from slimmer.cli import main
+from slimmer.errors import EngineError, ExtensionUnavailableError, ImageMissingError
 from slimmer.pipeline.build import Method, build_slimmer_wheel, run_pipeline
 from slimmer.pipeline.config import make_config
 from slimmer.pipeline.engine import StepLog, build_image, run_once
-from slimmer.pipeline.errors import EngineError, ExtensionUnavailableError, ImageMissingError
 from tests.helpers import REPO
 
 BASE = os.environ.get("SLIMMER_DOCKER_BASE", "slimmer-base:bookworm")

@@ -171,6 +171,7 @@ def _elf_fixtures() -> Path:
     return Path(path)
 
 
+@pytest.mark.tools  # the ELF fixtures (gcc, patchelf)
 def test_libraries_a_kept_executable_needs_stay(tmp_path):
     root = tmp_path / "prefix"
     shutil.copytree(_elf_fixtures(), root, symlinks=True)
@@ -191,6 +192,7 @@ def test_libraries_a_kept_executable_needs_stay(tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.tools  # the ELF fixtures (gcc, patchelf)
 def test_libraries_nothing_read_when_no_library_goes(tmp_path):
     root = tmp_path / "prefix"
     shutil.copytree(_elf_fixtures(), root, symlinks=True)
@@ -234,6 +236,7 @@ def _wheel(dest: Path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.venv
 def test_pip_agrees_with_the_disk_after_apply(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)

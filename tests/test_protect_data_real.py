@@ -27,7 +27,7 @@ from tests.helpers import cached_env
 if TYPE_CHECKING:
     from pathlib import Path
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.venv]
 
 SKLEARN = (
     "from sklearn.datasets import load_iris, load_wine, load_diabetes, load_digits\n"

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from slimmer.cli import main
+from slimmer.errors import UsageError
 from slimmer.verify.checks import CheckKind, Status, VerifyCheck
 from slimmer.verify.config import load_checks
 from slimmer.verify.doctor import Distro, diagnose, diagnose_log, python_headers_fix
@@ -85,6 +86,9 @@ def small_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     include = sysconfig.get_paths()["include"]
     subprocess.run(["gcc", "-shared", "-fPIC", f"-I{include}", str(src), "-o", str(sp / ext)], check=True)
     _dist(sp, "fast", {"fast/__init__.py": "", ext: (sp / ext).read_bytes()}, "fast\n")
+    # the same extension in a package that imports it itself: the probe finds it already loaded
+    eager = f"eager/fastmod{EXT_SUFFIX}"
+    _dist(sp, "eager", {"eager/__init__.py": "from . import fastmod\n", eager: (sp / ext).read_bytes()}, "eager\n")
     return root
 
 
@@ -111,7 +115,9 @@ def test_verify_reports_each_check(small_env):
     assert got["import zafter"].status is Status.PASS
     assert got["import sleepy"].error == "timed out after 4 s"
     assert got["extension fast.fastmod"].status is Status.PASS
-    assert got["extension fast.fastmod"].detail in ("loaded directly", "loaded by its package")
+    assert got["extension fast.fastmod"].detail == "loaded directly"  # fast/__init__.py does not import it
+    assert got["extension eager.fastmod"].status is Status.PASS
+    assert got["extension eager.fastmod"].detail == "loaded by its package"
     assert got["python import goodpkg; assert goodpkg.CONFIG['ok']"].status is Status.PASS
     assert got["python assert 1 == 2, 'user says no'"].error == "AssertionError: user says no"
     assert got["command python -c 'import fast.fastmod' && exit 3"].error.startswith("exit 3")
@@ -197,8 +203,9 @@ def test_user_checks_from_pyproject(tmp_path):
         (CheckKind.PYTHON, "pass", 120.0),
     ]
     config.write_text('[tool.slimmer]\nchecks = [{ shell = "x" }]\n')
-    with pytest.raises(Exception, match=r"checks\[0\]: expected a Python snippet"):
+    with pytest.raises(UsageError, match=r"checks\[0\]: expected a Python snippet") as info:
         load_checks(config)
+    assert str(info.value).startswith(f"{config}: checks[0]: ")
 
 
 def test_narrow_finds_one_line_and_says_when_lines_only_break_together():

@@ -26,16 +26,17 @@ import hashlib
 import mmap
 import os
 import struct
-import subprocess
 import sys
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from slimmer import proc
 from slimmer.elf import elf64
 from slimmer.elf.elf64 import ElfFile, ElfFormatError, Section, Segment
 from slimmer.elf.fatbin import KIND_PTX, KIND_SASS, Container, Entry, FatbinFormatError, read_containers
 from slimmer.elf.gpuarch import ptx_runs_on, sass_runs_on
+from slimmer.errors import CommandError
 
 if TYPE_CHECKING:
     from slimmer.elf.gpuarch import Target
@@ -646,18 +647,15 @@ def _readelf_warnings(path: str) -> str | None:
     if tool is None:
         return None
     try:
-        proc = subprocess.run(
+        done = proc.run(
             [tool, "-W", "-l", "-S", "-d", "-r", "-n", "--dyn-syms", path],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            errors="replace",
             timeout=600,
             check=False,
+            capture_stdout=False,
         )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"readelf failed: {exc}"
-    return proc.stderr.strip() if proc.returncode == 0 else (proc.stderr.strip() or f"exit {proc.returncode}")
+    except CommandError as exc:
+        return f"readelf failed: {exc.last_line}"
+    return done.stderr.strip() if done.returncode == 0 else (done.stderr.strip() or f"exit {done.returncode}")
 
 
 def _check_readelf(src: str, dest: str) -> str | None:
@@ -675,20 +673,12 @@ _DLOPEN = "import ctypes, os, sys; ctypes.CDLL(sys.argv[1], mode=os.RTLD_LAZY | 
 
 def _dlopen_error(path: str) -> str | None:
     try:
-        proc = subprocess.run(
-            [sys.executable, "-I", "-c", _DLOPEN, path],
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=DLOPEN_TIMEOUT,
-            check=False,
-            cwd="/",
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return str(exc)
-    if proc.returncode == 0:
+        done = proc.run([sys.executable, "-I", "-c", _DLOPEN, path], timeout=DLOPEN_TIMEOUT, check=False, cwd="/")
+    except CommandError as exc:
+        return exc.last_line
+    if done.returncode == 0:
         return None
-    return (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+    return (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
 
 
 def _check_dlopen(src: str, dest: str) -> str | None:

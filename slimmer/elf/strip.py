@@ -15,16 +15,17 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import subprocess
 import tempfile
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from slimmer import proc
 from slimmer.elf import pool as pool_mod
 from slimmer.elf.analyze import analyse, identity_changes, is_elf
 from slimmer.elf.pool import bounded_map, release_memory
 from slimmer.elf.rewrite import discard, keep_owner, run_jobs, writable
+from slimmer.errors import CommandError
 from slimmer.model.plan import Skip, StripDecision, Verdict
 
 if TYPE_CHECKING:
@@ -50,17 +51,9 @@ def run_strip(src: str, dest: str) -> str | None:
     if tool is None:
         return Skip.NO_STRIP_TOOL.value
     try:
-        proc = subprocess.run(
-            [tool, "--strip-unneeded", "--preserve-dates", "-o", dest, src],
-            capture_output=True,
-            text=True,
-            timeout=STRIP_TIMEOUT,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"strip failed: {exc}"
-    if proc.returncode != 0:
-        return f"strip failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}"
+        proc.run([tool, "--strip-unneeded", "--preserve-dates", "-o", dest, src], timeout=STRIP_TIMEOUT)
+    except CommandError as exc:
+        return f"strip failed: {exc.last_line}"
     return None
 
 

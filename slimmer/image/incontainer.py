@@ -17,7 +17,7 @@ import tarfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from slimmer.errors import SlimmerError
+from slimmer.errors import ContainerError, SlimmerError
 from slimmer.verify.checks import CheckResult, Status
 
 if TYPE_CHECKING:
@@ -48,10 +48,6 @@ except Exception as exc:
     out = {{"error": str(exc)}}
 print({MARK!r} + json.dumps(out), flush=True)
 """
-
-
-class ContainerError(SlimmerError):
-    exit_code = 7
 
 
 def _sources() -> bytes:

@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from slimmer.errors import CheckFailedError, SlimmerError, UsageError
+from slimmer.errors import CheckFailedError, DiskSpaceError, ImageMissingError, SlimmerError, UsageError
 from slimmer.image.archive import CHUNK, SavedImage, archive_stream, config_blob, open_archive, write_archive
 from slimmer.image.merged import find_envs, materialise, scan
 from slimmer.image.relayer import LayerChange, rewrite_layer
+from slimmer.pipeline.engine import split_tag
 from slimmer.progress import Progress
 from slimmer.report import size
 from slimmer.verify.checks import Status
@@ -39,12 +40,6 @@ if TYPE_CHECKING:
     from slimmer.model.apply import ApplyResult
     from slimmer.model.plan import GpuPruning, Plan
     from slimmer.verify.checks import CheckResult, VerifyCheck
-
-
-class DiskSpaceError(SlimmerError):
-    """The work folder's file system has too little room."""
-
-    exit_code = 8
 
 
 @dataclass(frozen=True)
@@ -139,8 +134,6 @@ def _need_room(work: Path, need: int, what: str) -> None:
 
 def _save(client: Any, image: str, work: Path, stage: _Stages) -> tuple[Path, str]:
     from docker.errors import ImageNotFound
-
-    from slimmer.pipeline.errors import ImageMissingError
 
     try:
         img = client.images.get(image)
@@ -401,7 +394,7 @@ class _Job:
             os.replace(self.partial, self.req.to_archive)
             self.partial = None
         if self.loaded and self.req.tag:
-            self.client.images.get(self.loaded).tag(*_split_tag(self.req.tag))
+            self.client.images.get(self.loaded).tag(*split_tag(self.req.tag))
             self.result.image_id = self.loaded
             self.loaded = ""
 
@@ -495,14 +488,6 @@ def _load(client: Any, chunks: Iterator[bytes]) -> str:
     if not images:
         raise SlimmerError("docker load of the slimmed image reported no image")
     return str(images[0].id)
-
-
-def _split_tag(tag: str) -> tuple[str, str]:
-    last = tag.rsplit("/", 1)[-1]
-    if ":" in last:
-        repo, _, name = tag.rpartition(":")
-        return repo, name
-    return tag, "latest"
 
 
 __all__ = ["DiskSpaceError", "ImageCheckFailed", "ImageSlimResult", "SlimRequest", "slim_image"]

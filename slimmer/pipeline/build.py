@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from slimmer import proc
+from slimmer.errors import BuildError, CommandError, ExtensionUnavailableError
 from slimmer.pipeline.engine import (
     Container,
     Mount,
@@ -33,14 +34,15 @@ from slimmer.pipeline.engine import (
     max_jobs_for,
     require_image,
     run_once,
+    split_tag,
 )
-from slimmer.pipeline.errors import BuildError, ExtensionUnavailableError
+from slimmer.pipeline.recipe import TOOL_ENV, apt_install, make_venv, path_with, slim_argv, verify_argv
 
 if TYPE_CHECKING:
     from slimmer.pipeline.config import Extension, PipelineConfig
 
 WHEELHOUSE = "/wheelhouse"
-TOOL_ENV = "/opt/slimmer-tool"
+WHEEL_TIMEOUT = 600  # seconds for `pip wheel` of slimmer's own source tree
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
@@ -118,16 +120,14 @@ def build_slimmer_wheel(dest: Path) -> Path:
     if not (tree / "pyproject.toml").is_file():
         raise BuildError(f"slimmer is not installed from a source tree ({tree}); cannot build its wheel")
     dest.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dest), str(tree)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    argv = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dest), str(tree)]
+    try:
+        proc.run(argv, timeout=WHEEL_TIMEOUT)
+    except CommandError as exc:
+        raise BuildError(f"building slimmer's wheel failed: {' | '.join(exc.tail[-3:]) or exc}") from None
     wheels = sorted(dest.glob("torch_slimmer-*.whl"))
-    if proc.returncode or not wheels:
-        last = " | ".join(proc.stderr.strip().splitlines()[-3:])
-        raise BuildError(f"building slimmer's wheel failed: {last}")
+    if not wheels:
+        raise BuildError(f"building slimmer's wheel left no torch_slimmer-*.whl in {dest}")
     return wheels[-1]
 
 
@@ -162,9 +162,9 @@ def _run(client: Any, cfg: PipelineConfig, *, stream: Any, log_path: Path | None
         mounts.append(Mount(cert, "/etc/slimmer-ca.pem", read_only=True))
         env["PIP_CERT"] = env["SSL_CERT_FILE"] = "/etc/slimmer-ca.pem"
     local_links: dict[str, str] = {}
-    for i, d in enumerate(_local_dirs(cfg.find_links)):
-        local_links[d] = f"/find-links/{i}"
-        mounts.append(Mount(str(Path(d).expanduser().resolve()), f"/find-links/{i}", read_only=True))
+    for i, link in enumerate(_local_dirs(cfg.find_links)):
+        local_links[link] = f"/find-links/{i}"
+        mounts.append(Mount(str(Path(link).expanduser().resolve()), f"/find-links/{i}", read_only=True))
     for ext in cfg.extensions:
         if ext.local:
             mounts.append(Mount(ext.source, f"/src-ro/{ext.name}", read_only=True))
@@ -179,14 +179,14 @@ def _run(client: Any, cfg: PipelineConfig, *, stream: Any, log_path: Path | None
             with Container(client, devel, log, mounts=tool_mounts, environment=env) as box:
                 results = tuple(_provide(box, cfg, ext, jobs, local_links) for ext in cfg.extensions)
                 box.call(
-                    f"{cfg.python} -m venv {TOOL_ENV} && {TOOL_ENV}/bin/pip install -q "
+                    f"{make_venv(cfg.python, TOOL_ENV)} && {TOOL_ENV}/bin/pip install -q "
                     f"{_pip_flags(cfg)} /slimmer-dist/{shlex.quote(wheel.name)}",
                     label="installing slimmer into the devel container",
                 )
-                repo = cfg.tag.rsplit(":", 1)[0] if ":" in cfg.tag.split("/")[-1] else cfg.tag
+                repo = split_tag(cfg.tag)[0]
                 built = f"{repo}:build-unslimmed"
                 box.commit(built)
-                slim_cmd = _slim_command(cfg)
+                slim_cmd = slim_command(cfg)
                 box.call(slim_cmd, label=f"slimming {cfg.env_path}: {slim_cmd}")
                 slim_output = tuple(line for line in log.tail if line.strip())
                 slimmed = f"{repo}:build-slimmed"
@@ -215,9 +215,8 @@ def _run(client: Any, cfg: PipelineConfig, *, stream: Any, log_path: Path | None
         "runtime": image_size(client, cfg.tag),
     }
     if not verify.ok:
-        raise BuildError(
-            f"verify failed inside {cfg.tag}: {verify.output.strip().splitlines()[-1:]} (full log: {log_path})"
-        )
+        last = (verify.output.strip().splitlines() or ["no output"])[-1]
+        raise BuildError(f"verify failed inside {cfg.tag}: {last} (full log: {log_path})")
     return PipelineResult(
         tag=cfg.tag,
         extensions=results,
@@ -263,21 +262,16 @@ def _devel_image(
     )
     if cfg.torch_index:
         sources += f" --index-url {shlex.quote(cfg.torch_index)} --extra-index-url https://pypi.org/simple"
-    packages = " ".join(cfg.devel_packages)
     with Container(client, cfg.devel_image, log, mounts=mounts, environment=env) as box:
         box.call(
-            f"apt-get update -qq && apt-get install -y -qq --no-install-recommends {packages} "
-            "&& rm -rf /var/lib/apt/lists/*",
-            label=f"devel image: apt-get install {packages}",
+            apt_install(cfg.devel_packages), label=f"devel image: apt-get install {shlex.join(cfg.devel_packages)}"
         )
         box.call(
-            f"{cfg.python} -m venv {cfg.env_path} && {cfg.env_path}/bin/pip install {_pip_flags(cfg)} "
-            f"{sources} {shlex.quote(cfg.torch_requirement)} setuptools wheel",
+            f"{make_venv(cfg.python, cfg.env_path)} && {shlex.quote(cfg.env_path + '/bin/pip')} install "
+            f"{_pip_flags(cfg)} {sources} {shlex.quote(cfg.torch_requirement)} setuptools wheel",
             label=f"devel image: {cfg.torch_requirement} into {cfg.env_path}",
         )
-        box.commit(
-            tag, changes=[f"ENV PATH={cfg.env_path}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
-        )
+        box.commit(tag, changes=[f"ENV PATH={_env_value(path_with(cfg.env_path))}"])
     return tag
 
 
@@ -289,12 +283,10 @@ def _runtime_base(
     cached["runtime_base"] = image_id(client, tag) is not None
     if cached["runtime_base"]:
         return tag
-    packages = " ".join(cfg.runtime_packages)
     with Container(client, cfg.runtime_image, log, environment=env) as box:
         box.call(
-            f"apt-get update -qq && apt-get install -y -qq --no-install-recommends {packages} "
-            "&& apt-get clean && rm -rf /var/lib/apt/lists/*",
-            label=f"runtime base: apt-get install {packages}",
+            apt_install(cfg.runtime_packages, clean=True),
+            label=f"runtime base: apt-get install {shlex.join(cfg.runtime_packages)}",
         )
         box.commit(tag)
     return tag
@@ -305,11 +297,12 @@ def _provide(
 ) -> ExtensionResult:
     """Wheelhouse, then a prebuilt wheel from the configured sources, then a source build saved as a wheel."""
     start = time.monotonic()
-    pip = f"{cfg.env_path}/bin/pip"
+    pip = shlex.quote(f"{cfg.env_path}/bin/pip")
     flags = _pip_flags(cfg)
     name = shlex.quote(ext.name)
     tried = [f"the wheelhouse {cfg.wheelhouse}"]
-    wheel_of = f"ls {WHEELHOUSE} | grep -i '^{ext.name.replace('_', '[-_]')}-' | sort | tail -n 1"
+    pattern = "^" + "".join(c if c.isalnum() else "[-_.]" for c in ext.name) + "-"
+    wheel_of = f"ls {WHEELHOUSE} | grep -i {shlex.quote(pattern)} | sort | tail -n 1"
     # 1. The wheelhouse: earlier source builds and wheels put there by hand.
     code = box.call(
         f"{pip} install -q {flags} --no-index --no-deps --only-binary :all: --find-links {WHEELHOUSE} {name}",
@@ -332,9 +325,9 @@ def _provide(
         if code == 0:
             return ExtensionResult(ext.name, Method.WHEEL, time.monotonic() - start, ext.name, tuple(tried))
     # 3. A source build: ninja, no build isolation (torch is already there), ccache, MAX_JOBS by memory.
-    source = f"/tmp/src/{ext.name}" if ext.local else shlex.quote(ext.source)
+    source = shlex.quote(f"/tmp/src/{ext.name}") if ext.local else shlex.quote(ext.source)
     copy = (
-        f"rm -rf /tmp/src/{ext.name} && mkdir -p /tmp/src && cp -a /src-ro/{ext.name} /tmp/src/ && "
+        f"rm -rf {source} && mkdir -p /tmp/src && cp -a {shlex.quote(f'/src-ro/{ext.name}')} /tmp/src/ && "
         if ext.local
         else ""
     )
@@ -343,7 +336,7 @@ def _provide(
         "MAX_JOBS": str(jobs),
         "CCACHE_DIR": "/ccache",
         "CMAKE_GENERATOR": "Ninja",
-        "PATH": f"/usr/lib/ccache:{cfg.env_path}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "PATH": f"/usr/lib/ccache:{path_with(cfg.env_path)}",
     }
     if cfg.torch_cuda_arch_list:
         build_env["TORCH_CUDA_ARCH_LIST"] = cfg.torch_cuda_arch_list
@@ -392,24 +385,25 @@ def _first_line(box: Container, script: str) -> str:
     return out.splitlines()[-1] if out else ""
 
 
-def _slim_command(cfg: PipelineConfig) -> str:
-    """`slimmer apply --verify` with the config's rules, profile, GPU targets and checks (the slimmer
-    in the container is a wheel of this very source, so every option exists)."""
-    verify = " --verify" + cfg.check_args() + ("" if cfg.compile_check else " --no-compile-check")
-    return f"{TOOL_ENV}/bin/slimmer apply {cfg.slim_args()}{verify} {cfg.env_path}"
+def slim_command(cfg: PipelineConfig) -> str:
+    """The shell line that slims the environment in the devel container (`recipe.slim_argv`)."""
+    return shlex.join(slim_argv(cfg))
+
+
+def _env_value(value: str) -> str:
+    """VALUE as one word of a Dockerfile `ENV` line (double-quoted, with backslash escapes)."""
+    return json.dumps(value)
 
 
 def _runtime_dockerfile(cfg: PipelineConfig, base: str, source_image: str) -> str:
-    return (
-        f"FROM {base}\n"
-        f"COPY --from={source_image} {cfg.env_path} {cfg.env_path}\n"
-        f"ENV PATH={cfg.env_path}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
-    )
+    env = json.dumps(cfg.env_path)
+    return f"FROM {base}\nCOPY --from={source_image} [{env}, {env}]\nENV PATH={_env_value(path_with(cfg.env_path))}\n"
 
 
 def _verify(client: Any, cfg: PipelineConfig, slimmed: str, log: StepLog, *, gpus: bool) -> VerifyResult:
     """`slimmer verify` in a container of the final image."""
-    probe = f"{cfg.tag}-verify" if ":" in cfg.tag.split("/")[-1] else f"{cfg.tag}:verify"
+    repo, tag = split_tag(cfg.tag)
+    probe = f"{repo}:{tag}-verify"
     # The final image carries only the environment: slimmer rides along in a throwaway layer on top.
     build_image(
         client,
@@ -419,14 +413,12 @@ def _verify(client: Any, cfg: PipelineConfig, slimmed: str, log: StepLog, *, gpu
         label=f"verify image ({probe}, not shipped)",
     )
     try:
-        flags = f" --profile {shlex.quote(cfg.profile)}" if cfg.profile else ""
         # The runtime image has no C++ compiler by design, and torch.compile's inductor needs one.
         _, compilers = run_once(client, probe, ["sh", "-c", "command -v c++ g++ cc || true"])
-        if not compilers.strip():
-            flags += " --no-compile-check"
-        command = f"{TOOL_ENV}/bin/slimmer verify{flags}{cfg.check_args()} {cfg.env_path}"
+        argv = verify_argv(cfg, compile_check=bool(compilers.strip()))
+        command = shlex.join(argv)
         log.step(f"verify inside {cfg.tag}: {command}")
-        code, output = run_once(client, probe, ["bash", "-c", command], gpus=gpus)
+        code, output = run_once(client, probe, argv, gpus=gpus)
         for line in output.splitlines():
             log.line(line)
         log.end_step()

@@ -9,13 +9,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slimmer.config_file import find_config, load_toml, read_section
 from slimmer.errors import UsageError
+
+if TYPE_CHECKING:
+    from slimmer.verify.checks import VerifyCheck
 
 PYG_NAMES = frozenset({"torch_scatter", "torch_sparse", "torch_cluster", "torch_spline_conv", "pyg_lib"})
 
@@ -88,7 +90,7 @@ class PipelineConfig:
     rules: tuple[str, ...] = ("default",)
     profile: str = ""
     gpu_archs: tuple[str, ...] = ()  # `apply --gpu-arch`: prune device code to these GPUs
-    checks: tuple[tuple[str, str], ...] = ()  # ("python", snippet) or ("command", shell command)
+    checks: tuple[VerifyCheck, ...] = ()  # the forms `slimmer verify` reads (slimmer.verify.config)
     gpus: str = "auto"  # auto | all | none
     compile_check: bool = True  # torch.compile in the devel stage's verify (the runtime image has no compiler)
     pip_timeout: float = 15.0
@@ -99,20 +101,6 @@ class PipelineConfig:
     @property
     def torch_requirement(self) -> str:
         return f"torch=={self.torch_version}" if self.torch_version else "torch"
-
-    def slim_args(self) -> str:
-        """The rules, profile and GPU targets as `slimmer apply` options (one place for the pipeline
-        and `slimmer dockerfile`)."""
-        out = " ".join(f"--rules {shlex.quote(r)}" for r in self.rules)
-        out += "".join(f" --gpu-arch {shlex.quote(a)}" for a in self.gpu_archs)
-        return out + (f" --profile {shlex.quote(self.profile)}" if self.profile else "")
-
-    def check_args(self) -> str:
-        """The checks as `slimmer verify` / `slimmer apply --verify` options."""
-        return "".join(
-            f" --check {shlex.quote(text)}" if kind == "python" else f" --check-cmd {shlex.quote(text)}"
-            for kind, text in self.checks
-        )
 
     def wheel_sources(self, ext: Extension) -> tuple[str, ...]:
         """Remote places to look for a prebuilt wheel of EXT, in order (the wheelhouse is tried first)."""
@@ -190,7 +178,9 @@ def _coerce(key: str, value: Any, *, base: Path, origin: str) -> Any:
                 raise UsageError(f"{origin}: gpu_archs: {exc}") from exc
         return tuple(value)
     if key == "checks":
-        return _checks(value, bad)
+        from slimmer.verify.config import parse_checks
+
+        return parse_checks(origin, value)
     if key in _PATHS:
         if not isinstance(value, (str, Path)) or not str(value):
             raise bad("a path")
@@ -227,25 +217,3 @@ def _coerce(key: str, value: Any, *, base: Path, origin: str) -> Any:
     if not isinstance(value, str):
         raise bad("a string")
     return value
-
-
-def _checks(value: Any, bad: Any) -> tuple[tuple[str, str], ...]:
-    """The same forms `slimmer verify` reads: "snippet", { python = "..." } or { command = "..." }."""
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, (list, tuple)):
-        raise bad('a list of Python snippets, { python = "..." } or { command = "..." }')
-    out = []
-    for item in value:
-        if isinstance(item, (list, tuple)) and len(item) == 2 and item[0] in ("python", "command"):
-            out.append((str(item[0]), str(item[1])))
-        elif isinstance(item, str):
-            out.append(("python", item))
-        elif isinstance(item, dict) and len({"python", "command"} & set(item)) == 1:
-            kind = "python" if "python" in item else "command"
-            if not isinstance(item[kind], str):
-                raise bad('a list of Python snippets, { python = "..." } or { command = "..." }')
-            out.append((kind, item[kind]))
-        else:
-            raise bad('a list of Python snippets, { python = "..." } or { command = "..." }')
-    return tuple(out)

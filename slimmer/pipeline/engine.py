@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
-from slimmer.pipeline.errors import BuildError, EngineError, ImageMissingError
+from slimmer.errors import BuildError, EngineError, ImageMissingError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
@@ -59,6 +59,15 @@ def _unix_socket_answers(path: str) -> bool:
         except OSError:
             return False
     return True
+
+
+def split_tag(name: str) -> tuple[str, str]:
+    """(repository, tag) of an image name; "latest" when it names no tag (the ":" of "host:5000/img" is
+    a registry port, not a tag)."""
+    if ":" in name.rsplit("/", 1)[-1]:
+        repo, _, tag = name.rpartition(":")
+        return repo, tag
+    return name, "latest"
 
 
 def engine_resources(client: Any) -> tuple[int, int]:
@@ -227,7 +236,7 @@ class Container:
         return code
 
     def commit(self, name: str, changes: Sequence[str] = ()) -> str:
-        repo, _, tag = name.rpartition(":") if ":" in name.rsplit("/", maxsplit=1)[-1] else (name, "", "latest")
+        repo, tag = split_tag(name)
         image = self.container.commit(repository=repo, tag=tag, changes=list(changes))
         return str(image.id)
 

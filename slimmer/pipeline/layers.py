@@ -12,12 +12,9 @@ import posixpath
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
-from slimmer.pipeline.errors import ImageMissingError
-
-if TYPE_CHECKING:
-    from pathlib import Path
+from slimmer.errors import ImageMissingError, UsageError
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -104,7 +101,16 @@ class _Tree:
 
 
 def analyse_archive(fileobj: IO[bytes], image: str = "") -> ImageLayers:
-    """Analyse a `docker save` archive (a seekable file object)."""
+    """Analyse a `docker save` archive (a seekable file object); UsageError if it is not one."""
+    try:
+        return _analyse(fileobj, image)
+    except (tarfile.TarError, json.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
+        what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+        msg = f"{image or 'the image'}: not a readable `docker save` archive ({what})"
+        raise UsageError(msg) from None
+
+
+def _analyse(fileobj: IO[bytes], image: str) -> ImageLayers:
     with tarfile.open(fileobj=fileobj, mode="r:") as outer:
         manifest = json.load(_member(outer, "manifest.json"))[0]
         config = json.load(_member(outer, manifest["Config"]))
@@ -147,7 +153,7 @@ def analyse_archive(fileobj: IO[bytes], image: str = "") -> ImageLayers:
 def _member(tar: tarfile.TarFile, name: str) -> IO[bytes]:
     fh = tar.extractfile(name)
     if fh is None:
-        raise ValueError(f"{name} is not a file in the image archive")
+        raise tarfile.TarError(f"{name} is not a file in the image archive")
     return fh
 
 
@@ -188,8 +194,3 @@ def analyse_image(client: Any, image: str) -> ImageLayers:
             tmp.write(chunk)
         tmp.seek(0)
         return analyse_archive(tmp, image)
-
-
-def save_path(path: Path, image: str = "") -> ImageLayers:
-    with path.open("rb") as fh:
-        return analyse_archive(fh, image or path.name)

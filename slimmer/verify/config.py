@@ -24,13 +24,16 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-def _check(path: Path, index: int, item: object) -> VerifyCheck:
-    where = f"{path}: checks[{index}]"
+def parse_check(where: str, item: object) -> VerifyCheck:
+    """One item of `checks`: a snippet string, { python = "..." } or { command = "..." }, each with an
+    optional `timeout` (seconds); WHERE names it in errors. The one parser of checks (the pipeline's too)."""
+    if isinstance(item, VerifyCheck):
+        return item
     if isinstance(item, str):
         return VerifyCheck(CheckKind.PYTHON, item, "user", DEFAULT_TIMEOUT)
     if isinstance(item, dict):
         timeout = item.get("timeout", DEFAULT_TIMEOUT)
-        if not isinstance(timeout, (int, float)) or timeout <= 0:
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
             msg = f"{where}: timeout must be a positive number of seconds"
             raise UsageError(msg)
         kinds = [k for k in ("python", "command") if k in item]
@@ -41,6 +44,16 @@ def _check(path: Path, index: int, item: object) -> VerifyCheck:
     raise UsageError(msg)
 
 
+def parse_checks(where: str, items: object) -> tuple[VerifyCheck, ...]:
+    """The `checks` value of a config file (one string counts as a list of one)."""
+    if isinstance(items, str):
+        items = [items]
+    if not isinstance(items, (list, tuple)):
+        msg = f"{where}: 'checks' must be a list"
+        raise UsageError(msg)
+    return tuple(parse_check(f"{where}: checks[{i}]", item) for i, item in enumerate(items))
+
+
 def load_checks(config: Path | None) -> list[VerifyCheck]:
     """The `checks` of a config file (none if `config` is None)."""
     if config is None:
@@ -48,11 +61,7 @@ def load_checks(config: Path | None) -> list[VerifyCheck]:
     if not config.is_file():
         msg = f"--config {config}: no such file"
         raise UsageError(msg)
-    items = read_section(config).get("checks", [])
-    if not isinstance(items, list):
-        msg = f"{config}: 'checks' must be a list"
-        raise UsageError(msg)
-    return [_check(config, i, item) for i, item in enumerate(items)]
+    return list(parse_checks(str(config), read_section(config).get("checks", [])))
 
 
 def cli_checks(snippets: Iterable[str], commands: Iterable[str], timeout: float = DEFAULT_TIMEOUT) -> list[VerifyCheck]:

@@ -14,11 +14,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from slimmer import proc
+from slimmer.errors import CommandError
 from slimmer.verify.runner import probe_report
 
 BREAKS_COMPILE = "torch.compile (Inductor's C++ kernels) and torch.utils.cpp_extension.load"
@@ -160,13 +161,13 @@ def _compiles(cxx: str, include: str) -> str:
         src.write_text("#include <Python.h>\nint main() { return Py_IsInitialized(); }\n", encoding="utf-8")
         argv = [cxx, "-fsyntax-only", f"-I{include}", str(src)]
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return str(exc)
-        if proc.returncode == 0:
+            done = proc.run(argv, timeout=120, check=False)
+        except CommandError as exc:
+            return exc.last_line
+        if done.returncode == 0:
             return ""
-        lines = [ln for ln in proc.stderr.splitlines() if "error" in ln]
-        return (lines or proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[0]
+        lines = [ln for ln in done.stderr.splitlines() if "error" in ln]
+        return (lines or done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[0]
 
 
 def removed_by_slimmer(root: Path, path: Path, fix: str) -> str:
@@ -199,11 +200,11 @@ def removed_by_slimmer(root: Path, path: Path, fix: str) -> str:
 def _nvcc_release(nvcc: Path) -> str:
     """'12.8' from `nvcc --version`, or '' if it does not run."""
     try:
-        proc = subprocess.run([str(nvcc), "--version"], capture_output=True, text=True, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired):
+        done = proc.run([nvcc, "--version"], timeout=60, check=False)
+    except CommandError:
         return ""
-    found = re.search(r"release (\d+\.\d+)", proc.stdout)
-    return found.group(1) if proc.returncode == 0 and found else ""
+    found = re.search(r"release (\d+\.\d+)", done.stdout)
+    return found.group(1) if done.returncode == 0 and found else ""
 
 
 def diagnose(root: Path, python: Path, *, cuda: bool = False) -> list[Finding]:

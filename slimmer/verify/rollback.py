@@ -61,7 +61,7 @@ def _candidates(plan: Plan) -> dict[str, str]:
     for removal in plan.removals:
         rule = removal.rule
         found[rule.where] = (rule.source, rule.line, f"{rule.where} '{rule.pattern}'")
-    for strip in getattr(plan, "strips", ()):
+    for strip in plan.strips:
         if strip.rule and strip.saving:
             source, _, line = strip.rule.rpartition(":")
             found.setdefault(strip.rule, (source, int(line) if line.isdigit() else 0, f"{strip.rule} (strip)"))

@@ -18,7 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from slimmer.errors import UsageError
+from slimmer.errors import CommandError, UsageError
+from slimmer.proc import run as run_command
 from slimmer.verify.checks import CheckKind, CheckResult, Status, VerifyCheck, VerifyReport
 
 if TYPE_CHECKING:
@@ -74,14 +75,17 @@ def probe_report(python: Path, probe: str, what: str, *, timeout: float = 60.0) 
     a one-line UsageError saying it cannot `what` when the interpreter does not answer."""
     argv = [str(python), "-I", "-B", str(PROBES / probe)]
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        msg = f"cannot run {python}: {exc}"
+        done = run_command(argv, timeout=timeout, check=False)
+    except CommandError as exc:
+        msg = f"cannot run {python}: {exc.last_line}"
         raise UsageError(msg) from None
-    for line in proc.stdout.splitlines():
+    for line in done.stdout.splitlines():
         if line.startswith(MARK):
-            return json.loads(line[len(MARK) :])
-    last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            try:
+                return json.loads(line[len(MARK) :])
+            except json.JSONDecodeError:
+                break  # a garbled report: say what the interpreter printed on stderr
+    last = (done.stderr.strip().splitlines() or ["no output"])[-1]
     msg = f"{python} {what}: {last}"
     raise UsageError(msg)
 
@@ -198,7 +202,10 @@ def _run_group(python: Path, group: list[VerifyCheck], env: dict[str, str], cwd:
         for line in out.splitlines():
             if not line.startswith(MARK):
                 continue
-            data = json.loads(line[len(MARK) :])
+            try:
+                data = json.loads(line[len(MARK) :])
+            except json.JSONDecodeError:
+                continue  # a garbled line: the check it was for is blamed below like a crash
             check = by_target.get(data["target"])
             if check is not None:
                 status = Status.PASS if data["ok"] else Status.FAIL
