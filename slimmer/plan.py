@@ -113,25 +113,11 @@ def _plan_strips(ctx: PlanContext, selected: dict[str, str], early: Analysis | N
     return tuple(plan_strips(ctx, selected, early))
 
 
-def make_plan(
-    root: Path,
-    rules: RuleSet,
-    *,
-    protectors: tuple[Protector, ...] = (),
-    progress: Progress | None = None,
-    gpu: GpuPruning | None = None,
-) -> Plan:
-    """Walk `root`, match `rules`, let `protectors` keep what must stay; change nothing."""
-    start = time.monotonic()
-    tree = walk(root, progress=progress or Progress.quiet())
-    layout = Layout.detect(tree)
-    owners = Owners(tree, layout)
-    ctx = PlanContext(tree=tree, layout=layout, owners=owners, rules=rules)
-
-    removing, negated = _decide_all(tree, layout, rules)
-    strip_rules = _strip_rules(ctx)
-    early = _start_strip_analysis(ctx, _not_removed(strip_rules, removing))
-    kept = _kept_by_negation(ctx, removing, negated)
+def _protect(
+    ctx: PlanContext, removing: dict[str, Rule], protectors: tuple[Protector, ...], kept: list[Kept]
+) -> dict[str, str]:
+    """Step 2: each protector takes what must stay out of `removing` (appended to `kept`); returns
+    what the protectors saw read at run time but left to the rule (path -> who reads it)."""
     reads: dict[str, str] = {}
     for protector in protectors:
         for rel, reason in protector.protect(ctx, removing).items():
@@ -139,13 +125,17 @@ def make_plan(
             if rule is not None and ctx.by_rel[rel].kind is not Kind.DIR:
                 by = getattr(protector, "name", type(protector).__name__)
                 kept.append(Kept(rel, ctx.by_rel[rel].size, rule, reason, by))
-        reads.update(getattr(protector, "reads", {}))  # what a protector saw read but left to the rule
-    # A kept path keeps every folder above it.
+        reads.update(getattr(protector, "reads", {}))
+    return reads
+
+
+def _keep_ancestors(root: Path, tree: Tree, removing: dict[str, Rule], kept: list[Kept]) -> None:
+    """Step 3: a kept path keeps every folder above it. A mount point stays, and so does every folder
+    above it: staging would rename a folder with the mounts inside it, and the commit would then
+    delete what they hold."""
     for k in list(kept):
         for ancestor in _ancestors(_parent(k.rel)):
             removing.pop(ancestor, None)
-    # A mount point stays, and so does every folder above it: staging would rename a folder with
-    # the mounts inside it, and the commit would then delete what they hold.
     for mount in sorted(set(tree.mounts) | mount_points_under(os.fspath(root))):
         above = [removing[a] for a in _ancestors(mount) if a in removing]
         for ancestor in _ancestors(mount):
@@ -153,7 +143,9 @@ def make_plan(
         if above:
             kept.append(Kept(mount, 0, above[-1], "another file system (a mount point): never removed", "mount"))
 
-    # Folders: one goes whole only if a rule names it and everything inside it goes too.
+
+def _whole_folders_only(tree: Tree, removing: dict[str, Rule]) -> None:
+    """Step 4: a folder goes whole only if a rule names it and everything inside it goes too."""
     total_children: Counter[str] = Counter(_parent(e.rel) for e in tree.entries)
     gone_children: Counter[str] = Counter()
     for e in reversed(tree.entries):
@@ -164,6 +156,12 @@ def make_plan(
             continue
         gone_children[_parent(e.rel)] += 1
 
+
+def _removals(
+    tree: Tree, owners: Owners, removing: dict[str, Rule]
+) -> tuple[list[Removal], tuple[Unit, ...], list[str]]:
+    """Step 5: what each removal frees (a hard link frees its inode only when every link goes) and
+    the units apply renames (a whole folder or a single path); plus the files with links outside."""
     links_inside = tree.links_inside()
     counted: set[tuple[int, int]] = set()
     outside_links: list[str] = []
@@ -193,7 +191,6 @@ def make_plan(
             if ancestor in removing:
                 folder_size[ancestor] += e.size
                 folder_freed[ancestor] += freed
-
     units = tuple(
         Unit(
             r.rel,
@@ -205,7 +202,10 @@ def make_plan(
         for r in removals
         if _parent(r.rel) not in removing
     )
+    return removals, units, outside_links
 
+
+def _warnings(tree: Tree, layout: Layout, outside_links: list[str]) -> list[str]:
     warnings: list[str] = []
     if not layout.site_packages:
         warnings.append("no site-packages folder found: rules relative to site-packages match nothing")
@@ -218,13 +218,49 @@ def make_plan(
             f"{len(outside_links)} file(s) have hard links outside the root "
             f"(first: {outside_links[0]}): removing them frees no space"
         )
-    strips = _plan_strips(ctx, _not_removed(strip_rules, removing), early)
-    prunes: tuple[PruneDecision, ...] = ()
-    if gpu is not None:
-        from slimmer.elf.pruner import plan_prunes
+    return warnings
 
-        kept_files = (e.rel for e in tree.entries if e.kind is Kind.FILE and e.rel not in removing)
-        prunes = plan_prunes(ctx, kept_files, gpu)
+
+def _plan_prunes(ctx: PlanContext, removing: dict[str, Rule], gpu: GpuPruning | None) -> tuple[PruneDecision, ...]:
+    """Step 7: with --gpu-arch, what pruning device code does to each kept library."""
+    if gpu is None:
+        return ()
+    from slimmer.elf.pruner import plan_prunes
+
+    kept_files = (e.rel for e in ctx.tree.entries if e.kind is Kind.FILE and e.rel not in removing)
+    return plan_prunes(ctx, kept_files, gpu)
+
+
+def make_plan(
+    root: Path,
+    rules: RuleSet,
+    *,
+    protectors: tuple[Protector, ...] = (),
+    progress: Progress | None = None,
+    gpu: GpuPruning | None = None,
+) -> Plan:
+    """Walk `root`, match `rules`, let `protectors` keep what must stay; change nothing.
+
+    Steps: 1. walk and decide every path by its rules (and start analysing the ELF files a strip
+    rule selects, in the background); 2. protectors keep what must stay; 3. kept paths and mount
+    points keep the folders above them; 4. folders go only whole; 5. removals, freed bytes and
+    units; 6. strip decisions; 7. prune decisions."""
+    start = time.monotonic()
+    tree = walk(root, progress=progress or Progress.quiet())
+    layout = Layout.detect(tree)
+    owners = Owners(tree, layout)
+    ctx = PlanContext(tree=tree, layout=layout, owners=owners, rules=rules)
+
+    removing, negated = _decide_all(tree, layout, rules)
+    strip_rules = _strip_rules(ctx)
+    early = _start_strip_analysis(ctx, _not_removed(strip_rules, removing))
+    kept = _kept_by_negation(ctx, removing, negated)
+    reads = _protect(ctx, removing, protectors, kept)
+    _keep_ancestors(root, tree, removing, kept)
+    _whole_folders_only(tree, removing)
+    removals, units, outside_links = _removals(tree, owners, removing)
+    strips = _plan_strips(ctx, _not_removed(strip_rules, removing), early)
+    prunes = _plan_prunes(ctx, removing, gpu)
     return Plan(
         root=root,
         rule_names=rules.names,
@@ -234,7 +270,7 @@ def make_plan(
         kept=tuple(sorted(kept, key=lambda k: k.rel)),
         files_before=sum(1 for e in tree.entries if e.kind is not Kind.DIR),
         bytes_before=tree.total_bytes,
-        warnings=tuple(warnings),
+        warnings=tuple(_warnings(tree, layout, outside_links)),
         seconds=time.monotonic() - start,
         strips=strips,
         reads=tuple(sorted((rel, why) for rel, why in reads.items() if rel in removing)),

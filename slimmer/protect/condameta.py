@@ -129,7 +129,7 @@ class CondaMetaRewriter:
                                 new_entry["sha256_in_prefix"] = digest
                             changed = True
                     new_paths.append(new_entry)
-                paths_data["paths"] = new_paths  # type: ignore[index]
+                paths_data["paths"] = new_paths
             if not changed:
                 continue
             indent = 2 if text.lstrip().startswith("{\n") else None

@@ -13,7 +13,7 @@ import dataclasses
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from slimmer.apply import apply_plan
 from slimmer.verify.checks import CheckResult, Status
@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from slimmer.verify.checks import VerifyCheck
 
 BISECT_SECONDS = 600.0
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -88,13 +90,11 @@ def _subplan(plan: Plan, chosen: frozenset[str]) -> Plan:
         for r in removals
         if r.rel in whole and r.rel.rpartition("/")[0] not in whole
     )
-    changes: dict[str, object] = {"units": units, "removals": removals}
-    if hasattr(plan, "strips"):
-        changes["strips"] = tuple(d for d in plan.strips if d.rule in chosen)
-    return dataclasses.replace(plan, **changes)
+    strips = tuple(d for d in plan.strips if d.rule in chosen)
+    return dataclasses.replace(plan, units=units, removals=removals, strips=strips)
 
 
-def _narrow(items: list, fails: Callable[[list], bool], deadline: float) -> tuple[list, bool]:
+def _narrow(items: list[T], fails: Callable[[list[T]], bool], deadline: float) -> tuple[list[T], bool]:
     """Halve `items` (which fail together) while one half fails on its own: (narrowed, exact)."""
     while len(items) > 1:
         if time.monotonic() > deadline:
