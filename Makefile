@@ -21,7 +21,7 @@ help:
 	@echo "make demo   - build a torch $(TORCH_VERSION) environment, slim a copy with --rules default, print the report"
 	@echo "make test   - install what the tests need and run them"
 	@echo "make unit   - the tests that need no tool, venv, torch environment or Docker engine"
-	@echo "make lint   - ruff"
+	@echo "make lint   - ruff and mypy --strict"
 	@echo "make bench  - slimmer against the seed recipe on real environments (bench/RESULTS.md)"
 	@echo "make family-env - build the PyG extension family from sdists (tests/test_family.py skips without it)"
 
@@ -47,16 +47,18 @@ demo: venv envs
 	$(VENV)/bin/slimmer apply --rules default $(DEMO_DIR)
 	$(DEMO_DIR)/bin/python fixtures/smoke.py
 
+# ruff, and mypy --strict on slimmer/ ([tool.mypy] in pyproject.toml); `make test` runs it first.
 lint: venv
 	$(VENV)/bin/ruff check slimmer tests bench
 	$(VENV)/bin/ruff format --check slimmer tests bench
+	$(VENV)/bin/mypy
 
 # The tests that need nothing but Python: no compiler or other tool, no venv, no engine (markers in pyproject.toml).
 unit: venv
 	$(PY) -m pytest -m "not torch and not docker and not slow and not tools and not venv"
 
 test: venv envs bench-tools build-tools elf-fixtures libs-env data-env docker scatter-env
-	$(VENV)/bin/ruff check slimmer tests bench
+	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest
 
 clean:
