@@ -23,9 +23,7 @@ This module parses and matches; it never touches the file system beyond reading 
 from __future__ import annotations
 
 import enum
-import os
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -35,6 +33,7 @@ from pathspec.patterns.gitignore.spec import GitIgnoreSpecPattern
 from pathspec.util import normalize_file
 
 from slimmer.errors import RuleError
+from slimmer.safe_read import read_given
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
@@ -123,23 +122,13 @@ def _read_rule_file(path: Path) -> str:
     """The text of a rule file: a regular file (a link to one is fine: it is the user's own file,
     not one of the tree), never a FIFO or a device that would block or never end, bounded."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        data = read_given(path, _MAX_RULE_FILE)
     except OSError as exc:
         msg = f"{_display(path)}: cannot read rule file: {exc.strerror or exc}"
         raise RuleError(msg) from None
-    with os.fdopen(fd, "rb") as fh:
-        try:
-            st = os.fstat(fh.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                msg = f"{_display(path)}: not a regular file: name a .rules file"
-                raise RuleError(msg)
-            data = fh.read(_MAX_RULE_FILE + 1)
-        except OSError as exc:
-            msg = f"{_display(path)}: cannot read rule file: {exc.strerror or exc}"
-            raise RuleError(msg) from None
-    if len(data) > _MAX_RULE_FILE:
-        msg = f"{_display(path)}: rule file larger than {_MAX_RULE_FILE >> 20} MiB"
-        raise RuleError(msg)
+    except ValueError as exc:
+        msg = f"{_display(path)}: cannot read rule file: {exc}"
+        raise RuleError(msg) from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -52,3 +52,19 @@ def read_text(path: str | os.PathLike[str], limit: int = METADATA_LIMIT) -> str 
     """`read_regular` decoded as UTF-8; a byte that is not UTF-8 becomes U+FFFD instead of an error."""
     data = read_regular(path, limit)
     return None if data is None else data.decode("utf-8", errors="replace")
+
+
+def read_given(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The bytes of a file the user named (a rule file, a config file): a link to it is fine, but
+    it must be a regular file of at most `limit` bytes, so a FIFO or /dev/zero cannot block or
+    fill memory. Raises OSError, or ValueError saying what is wrong with it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            msg = "not a regular file"
+            raise ValueError(msg)
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        msg = f"larger than {limit >> 20} MiB"
+        raise ValueError(msg)
+    return data
