@@ -195,22 +195,13 @@ def explain_cmd(
     root: str, path: str, rules: tuple[str, ...], keep: tuple[str, ...], force: bool, profile: str = "default"
 ) -> None:
     """Name the rule file and line that decide PATH (absolute, or relative to ROOT)."""
-    from slimmer.report import render_explain
+    from slimmer.explain import explain, render
     from slimmer.targets import relative_inside
 
     root_path, ruleset = _load(root, rules, keep, force, profile)
-    plan = _make_plan(root_path, ruleset)
     rel = relative_inside(root_path, path)
-    bases = plan.layout.relative(rel)
-    decision = ruleset.explain({b: r for b, r in bases.items() if r})
-    click.echo(render_explain(root_path, rel, decision, {b.value: r for b, r in bases.items()}))
-    for kept in plan.kept:
-        if kept.rel == rel or rel.startswith(kept.rel + "/"):
-            click.echo(f"  but kept: {kept.reason}")
-            break
-    for read, why in plan.reads:
-        if read == rel:
-            click.echo(f"  removed although kept code reads it ({why}): --keep it if that code runs")
+    plan = _make_plan(root_path, ruleset)
+    click.echo(render(explain(plan, ruleset, rel)))
 
 
 @cli.command("undo")

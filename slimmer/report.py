@@ -7,11 +7,8 @@ from typing import TYPE_CHECKING, Any
 import humanize
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from slimmer.apply import ApplyResult
     from slimmer.plan import Plan
-    from slimmer.rules import Decision
 
 
 def size(n: int) -> str:
@@ -298,18 +295,3 @@ def apply_to_dict(plan: Plan, result: ApplyResult) -> dict[str, Any]:
         "undone": result.undone,
         "seconds": round(plan.seconds + result.seconds, 3),
     }
-
-
-def render_explain(root: Path, rel: str, decision: Decision, bases: dict[str, str]) -> str:
-    seen = ", ".join(f"{b}: {r}" for b, r in bases.items()) or "outside every site-packages and prefix"
-    lines = [f"{rel} (as {seen})"]
-    for rule in decision.matched:
-        lines.append(f"  matches {rule}")
-    if decision.rule is None:
-        lines.append("  no rule matches: kept")
-    elif decision.rule.negated:
-        lines.append(f"  kept by {decision.rule}")
-    else:
-        lines.append(f"  removed by {decision.rule}")
-    del root
-    return "\n".join(lines)
