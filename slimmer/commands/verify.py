@@ -212,7 +212,12 @@ class VerifyOptions:
 
         python = find_python(plan.root, self.python)
         extra = user_checks(self.snippets, self.commands, self.config, self.check_timeout)
-        checks = discover(inventory(python), compile_check=self.compile_check, extra=extra, timeout=self.check_timeout)
+        checks = discover(
+            inventory(python, timeout=self.check_timeout),
+            compile_check=self.compile_check,
+            extra=extra,
+            timeout=self.check_timeout,
+        )
         done = apply_verified(
             plan,
             python,
