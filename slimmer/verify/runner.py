@@ -46,18 +46,40 @@ _DROP_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "VIR
 
 def find_python(root: Path, python: str | None = None) -> Path:
     """The interpreter that runs the checks: `python` if given, else bin/python3 or bin/python under root."""
-    if python:
+    if python is not None:
         path = Path(python).expanduser()
+        if not python.strip():
+            msg = "--python is empty (an unset variable?): name the environment's interpreter"
+            raise UsageError(msg)
         if not (path.is_file() and os.access(path, os.X_OK)):
-            msg = f"--python {python}: not an executable file"
+            msg = f"--python {python}: {_why_not_runnable(path)}"
             raise UsageError(msg)
         return path
     for name in ("bin/python3", "bin/python"):
         path = root / name
         if path.is_file() and os.access(path, os.X_OK):
             return path
+    for name in ("bin/python3", "bin/python"):
+        path = root / name
+        if path.is_symlink() or path.exists():  # there, but not runnable: say why, not "has no"
+            msg = f"{path}: {_why_not_runnable(path)}: name a working interpreter with --python"
+            raise UsageError(msg)
     msg = f"{root} has no bin/python3 or bin/python: name the environment's interpreter with --python"
     raise UsageError(msg)
+
+
+def _why_not_runnable(path: Path) -> str:
+    if path.is_symlink() and not path.exists():
+        return (
+            f"a symbolic link to {os.readlink(path)}, which does not exist (the interpreter it was made with is gone?)"
+        )
+    if not path.exists():
+        return "does not exist"
+    if path.is_dir():
+        return "is a folder, not an interpreter"
+    if not path.is_file():
+        return "is not a regular file"
+    return "is not executable"
 
 
 def _environ(root: Path, scratch: Path) -> dict[str, str]:
