@@ -279,7 +279,7 @@ def render_apply(plan: Plan, result: ApplyResult) -> str:
         state = "committed"
     else:
         root = shlex.quote(str(plan.root))
-        state = f"staged, not committed: 'slimmer commit {root}' keeps it, 'slimmer undo {root}' restores it"
+        state = f"staged, not committed: slimmer commit {root} keeps it, slimmer undo {root} restores it"
     lines.append(
         f"Removed {result.staged} of {len(plan.units)} items, {size(result.freed)} freed "
         f"({_pct(result.freed, plan.bytes_before)} of {size(plan.bytes_before)}); "
