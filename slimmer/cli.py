@@ -1,12 +1,14 @@
 """The `slimmer` command: turns arguments into typed values, calls the core, prints the result.
 
-Errors meant for the user (`SlimmerError`) print as one line with their own exit code; anything
-else is a bug and keeps its traceback.
+Errors meant for the user (`SlimmerError`) print as one line with their own exit code; an
+`OSError` (full disk, read-only file system, ...) prints as one line with the path and what to do,
+exit 6; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sys
 from typing import TYPE_CHECKING, Any
@@ -32,8 +34,17 @@ def _emit_json(data: object) -> None:
 
 
 def root_argument(func: F) -> F:
-    func = click.option("--force", is_flag=True, help="Allow / or your home folder as ROOT.")(func)
-    return click.argument("root", type=click.Path(path_type=str))(func)
+    @functools.wraps(func)
+    def named(*args: Any, root: str, **kwargs: Any) -> Any:
+        try:
+            return func(*args, root=root, **kwargs)
+        except OSError as exc:  # a write that failed names no path (ENOSPC in a write): name ROOT
+            if exc.filename is None and not isinstance(exc, BrokenPipeError):
+                exc.filename = root
+            raise
+
+    named = click.option("--force", is_flag=True, help="Allow / or your home folder as ROOT.")(named)
+    return click.argument("root", type=click.Path(path_type=str))(named)
 
 
 def _load(
@@ -187,22 +198,13 @@ def explain_cmd(
     root: str, path: str, rules: tuple[str, ...], keep: tuple[str, ...], force: bool, profile: str = "default"
 ) -> None:
     """Name the rule file and line that decide PATH (absolute, or relative to ROOT)."""
-    from slimmer.report import render_explain
+    from slimmer.explain import explain, render
     from slimmer.targets import relative_inside
 
     root_path, ruleset = _load(root, rules, keep, force, profile)
-    plan = _make_plan(root_path, ruleset)
     rel = relative_inside(root_path, path)
-    bases = plan.layout.relative(rel)
-    decision = ruleset.explain({b: r for b, r in bases.items() if r})
-    click.echo(render_explain(root_path, rel, decision, {b.value: r for b, r in bases.items()}))
-    for kept in plan.kept:
-        if kept.rel == rel or rel.startswith(kept.rel + "/"):
-            click.echo(f"  but kept: {kept.reason}")
-            break
-    for read, why in plan.reads:
-        if read == rel:
-            click.echo(f"  removed although kept code reads it ({why}): --keep it if that code runs")
+    plan = _make_plan(root_path, ruleset)
+    click.echo(render(explain(plan, ruleset, rel)))
 
 
 @cli.command("undo")
@@ -290,6 +292,10 @@ def main(argv: Sequence[str] | None = None, *, command: Callable[..., Any] = cli
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:  # a full disk, a read-only file system, a file where a folder should be
+        from slimmer import oserrors
+
+        return fail(oserrors.describe(exc), oserrors.EXIT_CODE)
     return 0
 
 

@@ -9,11 +9,13 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from slimmer.errors import UsageError
+from slimmer.safe_read import read_given
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 CONFIG_NAMES = ("slimmer.toml", "pyproject.toml")
+_MAX_CONFIG = 16 << 20
 
 
 def load_toml(path: Path) -> dict[str, Any]:
@@ -27,8 +29,11 @@ def load_toml(path: Path) -> dict[str, Any]:
             msg = f"{path}: reading TOML needs Python 3.11 or the 'tomli' package"
             raise UsageError(msg) from None
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        return tomllib.loads(read_given(path, _MAX_CONFIG).decode("utf-8"))
+    except OSError as exc:
+        msg = f"{path}: cannot read: {exc.strerror or exc}"
+        raise UsageError(msg) from None
+    except (ValueError, tomllib.TOMLDecodeError) as exc:  # not regular, too big, not UTF-8, not TOML
         msg = f"{path}: cannot read: {exc}"
         raise UsageError(msg) from None
 

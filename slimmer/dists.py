@@ -1,7 +1,9 @@
 """Installed distributions (`*.dist-info`, `*.egg-info`) and which files each one owns.
 
 Ownership comes from each distribution's RECORD (or `installed-files.txt`); a file no record
-lists (bytecode written later, say) belongs to the owner of its top-level folder. Reads only.
+lists (bytecode written later, say) belongs to the owner of its top-level folder. Reads only, and
+only regular files, bounded (`slimmer.safe_read`): a record that is a link, a FIFO or a device
+counts as missing; a byte that is not UTF-8 does not stop the plan.
 """
 
 from __future__ import annotations
@@ -9,9 +11,12 @@ from __future__ import annotations
 import base64
 import csv
 import hashlib
+import io
 import posixpath
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from slimmer.safe_read import read_text
 
 if TYPE_CHECKING:
     from typing import BinaryIO
@@ -44,16 +49,14 @@ def _split_name(dirname: str) -> tuple[str, str]:
 def _record_paths(tree_root: str, meta: str) -> list[str]:
     """Paths a distribution's record lists, relative to its metadata folder's parent."""
     base = posixpath.join(tree_root, meta)
-    try:
-        with open(posixpath.join(base, "RECORD"), newline="", encoding="utf-8") as fh:
-            return [row[0] for row in csv.reader(fh) if row]
-    except OSError:
-        pass
-    try:
-        with open(posixpath.join(base, "installed-files.txt"), encoding="utf-8") as fh:
-            return [posixpath.join(posixpath.basename(meta), line.strip()) for line in fh if line.strip()]
-    except OSError:
-        return []
+    record = read_text(posixpath.join(base, "RECORD"))
+    if record is not None:
+        try:
+            return [row[0] for row in csv.reader(io.StringIO(record, newline="")) if row]
+        except csv.Error:
+            return []
+    installed = read_text(posixpath.join(base, "installed-files.txt")) or ""
+    return [posixpath.join(posixpath.basename(meta), line.strip()) for line in installed.splitlines() if line.strip()]
 
 
 class Owners:

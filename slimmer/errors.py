@@ -21,6 +21,8 @@ README.md copies it):
     11    slimmer's state folder under the root cannot be trusted   UnsafeStateError
           (a link, another file system or owner, a journal naming
           paths outside the root): nothing was changed
+    12    the file system refused (full disk, read-only, a file     FileSystemError (any OSError
+          where a folder should be): the path and what to do        that reaches the CLI)
     130   interrupted (Ctrl-C)                                      -
 
 A traceback (exit 1 from Python itself) is always a bug.
@@ -139,3 +141,10 @@ class UnsafeStateError(SlimmerError):
     system or of another owner, or a journal that names paths outside ROOT. Nothing was changed."""
 
     exit_code = 11
+
+
+class FileSystemError(SlimmerError):
+    """The file system refused: a full disk, a read-only mount, a file where a folder should be. The
+    CLI turns any `OSError` that reaches it into this code, with the line `slimmer.oserrors` writes."""
+
+    exit_code = 12

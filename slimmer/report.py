@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import TYPE_CHECKING, Any
 
 import humanize
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from slimmer.model.apply import ApplyResult
     from slimmer.model.plan import Plan
-    from slimmer.rules import Decision
 
 
 def size(n: int) -> str:
@@ -248,10 +246,17 @@ def plan_to_dict(plan: Plan, *, top: int = 20) -> dict[str, Any]:
     }
 
 
+_REWRITE_VERB = {"strip": "strip", "prune": "prune the device code of"}  # others: "rewrite"
+
+
 def render_apply(plan: Plan, result: ApplyResult) -> str:
     lines = []
     for rel, why in result.failures:
-        lines.append(f"could not remove {rel}: {why}")
+        name, sep, rest = why.partition(": ")
+        if sep and name in result.rewritten:  # a rewriter's failure: the file was not removed, only not rewritten
+            lines.append(f"could not {_REWRITE_VERB.get(name, 'rewrite')} {rel}: {rest} (the file is unchanged)")
+        else:
+            lines.append(f"could not remove {rel}: {why}")
     stripped = result.rewritten.get("strip", [])
     if stripped or plan.strips:
         lines += _table("Stripped, measured, by distribution:", stripped_by_distribution(plan, result), 10)
@@ -273,7 +278,8 @@ def render_apply(plan: Plan, result: ApplyResult) -> str:
     elif result.committed:
         state = "committed"
     else:
-        state = f"staged, not committed: 'slimmer commit {plan.root}' keeps it, 'slimmer undo {plan.root}' restores it"
+        root = shlex.quote(str(plan.root))
+        state = f"staged, not committed: slimmer commit {root} keeps it, slimmer undo {root} restores it"
     lines.append(
         f"Removed {result.staged} of {len(plan.units)} items, {size(result.freed)} freed "
         f"({_pct(result.freed, plan.bytes_before)} of {size(plan.bytes_before)}); "
@@ -298,18 +304,3 @@ def apply_to_dict(plan: Plan, result: ApplyResult) -> dict[str, Any]:
         "undone": result.undone,
         "seconds": round(plan.seconds + result.seconds, 3),
     }
-
-
-def render_explain(root: Path, rel: str, decision: Decision, bases: dict[str, str]) -> str:
-    seen = ", ".join(f"{b}: {r}" for b, r in bases.items()) or "outside every site-packages and prefix"
-    lines = [f"{rel} (as {seen})"]
-    for rule in decision.matched:
-        lines.append(f"  matches {rule}")
-    if decision.rule is None:
-        lines.append("  no rule matches: kept")
-    elif decision.rule.negated:
-        lines.append(f"  kept by {decision.rule}")
-    else:
-        lines.append(f"  removed by {decision.rule}")
-    del root
-    return "\n".join(lines)

@@ -33,6 +33,7 @@ from pathspec.patterns.gitignore.spec import GitIgnoreSpecPattern
 from pathspec.util import normalize_file
 
 from slimmer.errors import RuleError
+from slimmer.safe_read import read_given
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
@@ -99,7 +100,10 @@ def resolve_rule_file(ref: str, relative_to: Path | None = None) -> Path:
         path = Path(ref).expanduser()
         if not path.is_absolute() and relative_to is not None:
             path = relative_to / path
-        if not path.is_file():
+        if path.is_dir():
+            msg = f"rule file {ref} is a folder: name a .rules file in it"
+            raise RuleError(msg)
+        if not path.exists():
             msg = f"rule file {ref} not found"
             raise RuleError(msg)
         return path
@@ -111,6 +115,28 @@ def resolve_rule_file(ref: str, relative_to: Path | None = None) -> Path:
     return path
 
 
+_MAX_RULE_FILE = 64 << 20
+
+
+def _read_rule_file(path: Path) -> str:
+    """The text of a rule file: a regular file (a link to one is fine: it is the user's own file,
+    not one of the tree), never a FIFO or a device that would block or never end, bounded."""
+    try:
+        data = read_given(path, _MAX_RULE_FILE)
+    except OSError as exc:
+        msg = f"{_display(path)}: cannot read rule file: {exc.strerror or exc}"
+        raise RuleError(msg) from None
+    except ValueError as exc:
+        msg = f"{_display(path)}: cannot read rule file: {exc}"
+        raise RuleError(msg) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        msg = f"{_display(path)}:{line}: not UTF-8 (byte {data[exc.start]:#04x}): save the file as UTF-8"
+        raise RuleError(msg) from None
+
+
 def _display(path: Path) -> str:
     builtin = builtin_rules_dir()
     try:
@@ -119,14 +145,28 @@ def _display(path: Path) -> str:
         return str(path)
 
 
+# Each pattern is compiled once per process: checking it while the file loads, the sets that
+# decide and `explain` share the compiled object (a 100k-line rule file compiled 2-3 times cost
+# most of a minute).
+_COMPILED: dict[str, GitIgnoreSpecPattern] = {}
+
+
+def _pattern(pattern: str) -> GitIgnoreSpecPattern:
+    compiled = _COMPILED.get(pattern)
+    if compiled is None:
+        compiled = _COMPILED[pattern] = GitIgnoreSpecPattern(pattern)
+    return compiled
+
+
 def _check_pattern(pattern: str, where: str) -> None:
     try:
-        compiled = GitIgnoreSpecPattern(pattern)
+        compiled = _pattern(pattern)
     except Exception as exc:  # pathspec raises several types for a bad pattern
         msg = f"{where}: malformed pattern '{pattern}': {exc}"
         raise RuleError(msg) from None
     if compiled.include is None:
-        msg = f"{where}: malformed pattern '{pattern}': it can never match (unbalanced '[' ?)"
+        why = "unbalanced '[' ?" if "[" in pattern else "it names no path: a lone '/' is not a pattern"
+        msg = f"{where}: malformed pattern '{pattern}': it can never match ({why})"
         raise RuleError(msg)
 
 
@@ -149,11 +189,7 @@ def _parse_file(path: Path, stack: tuple[Path, ...]) -> list[Rule]:
         chain = " -> ".join(_display(p) for p in (*stack, real))
         msg = f"{_display(path)}: include cycle: {chain}"
         raise RuleError(msg)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        msg = f"{_display(path)}: cannot read rule file: {exc}"
-        raise RuleError(msg) from None
+    text = _read_rule_file(path).removeprefix("\ufeff")  # a BOM is no part of the first line
     source = _display(path)
     rules: list[Rule] = []
     base: Base | None = None
@@ -292,7 +328,7 @@ class RuleSet:
         if not self._specs:
             for base in Base:
                 indices = tuple(i for i, r in enumerate(self.rules) if r.base is base and r.action is self.action)
-                spec = pathspec.GitIgnoreSpec.from_lines([self.rules[i].pattern for i in indices])
+                spec = pathspec.GitIgnoreSpec([_pattern(self.rules[i].pattern) for i in indices])
                 self._specs[base] = (spec, indices, _any_match(spec))
         return self._specs
 
@@ -316,8 +352,7 @@ class RuleSet:
             for i, rule in enumerate(self.rules):
                 if rule.base is not base or rule.action is not self.action:
                     continue
-                single = pathspec.GitIgnoreSpec.from_lines([rule.pattern.removeprefix("!")])
-                if single.match_file(rel):
+                if _pattern(rule.pattern.removeprefix("!")).match_file(normalize_file(rel)) is not None:
                     matched.append(i)
         matched.sort()
         return Decision(rule=self.decide(rel_by_base), matched=tuple(self.rules[i] for i in matched))

@@ -9,7 +9,11 @@ from slimmer.errors import UsageError
 
 
 def check_root(path: str | os.PathLike[str], *, force: bool = False) -> Path:
-    """The resolved root; refuses a missing path, a non-folder, `/` and the home folder."""
+    """The resolved root; refuses an empty path, a missing path, a non-folder, `/` and the home folder."""
+    if not os.fspath(path).strip():
+        # Path("") is ".": an unset $PREFIX in a script would slim the current folder.
+        msg = "ROOT is empty (an unset variable?): name the environment's prefix, e.g. /opt/conda/envs/py"
+        raise UsageError(msg)
     given = Path(path).expanduser()
     if not given.exists():
         msg = f"{given}: no such folder: name the environment's prefix, e.g. /opt/conda/envs/py"

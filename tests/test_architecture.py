@@ -27,6 +27,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "slimmer.dists",
             "slimmer.journal",
             "slimmer.mounts",
+            "slimmer.oserrors",
             "slimmer.targets",
             "slimmer.profiles",
             "slimmer.config_file",
@@ -48,6 +49,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "features",
         (
             "slimmer.report",
+            "slimmer.explain",
             "slimmer.verify",
             "slimmer.verify.*",
             "slimmer.pipeline",

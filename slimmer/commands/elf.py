@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -73,12 +74,20 @@ def _prune_saving(path: str, targets: Any, keep_ptx: bool) -> tuple[int, str]:
 @click.option("--no-ptx", is_flag=True, help="With --gpu-arch: as 'apply --no-ptx'.")
 def elf_cmd(paths: tuple[str, ...], as_json: bool, jobs: int | None, gpu_arch: Any, no_ptx: bool) -> None:
     """Analyse the ELF files in PATHS (files or folders): symbols, dependencies, device code. Reads only."""
-    from slimmer.elf.analyze import analyse_many, describe, find_elf
+    from slimmer.elf.analyze import analyse_many, describe, find_elf, is_elf
     from slimmer.report import size
 
     targets = gpu_arch or ()
     start = time.monotonic()
-    reports = analyse_many(find_elf(paths), jobs=jobs)
+    named = []
+    for given in paths:  # a link named on the command line is the user's choice: follow it, say so
+        path = os.path.realpath(given) if os.path.islink(given) else given
+        if path != given:
+            click.echo(f"{given}: a symbolic link to {path}: analysing {path}", err=True)
+        if os.path.isfile(path) and not is_elf(path):
+            click.echo(f"{path}: not an ELF file (or not a regular file): skipped", err=True)
+        named.append(path)
+    reports = analyse_many(find_elf(named), jobs=jobs)
     prunes = {r.path: _prune_saving(r.path, targets, not no_ptx) for r in reports if targets and r.fatbin}
     seconds = time.monotonic() - start
     if as_json:

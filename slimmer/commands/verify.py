@@ -42,7 +42,12 @@ def check_options(func):  # noqa: ANN001, ANN201 - a click decorator
         help="slimmer.toml or pyproject.toml with [tool.slimmer] checks (default: found in the current folder).",
     )(func)
     func = click.option(
-        "--check-timeout", type=float, default=120.0, show_default=True, metavar="SECONDS", help="Per check subprocess."
+        "--check-timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=120.0,
+        show_default=True,
+        metavar="SECONDS",
+        help="Per check subprocess.",
     )(func)
     return click.option(
         "--no-compile-check", is_flag=True, help="Skip the torch.compile check (implied by --profile runtime)."
@@ -144,7 +149,7 @@ def doctor_cmd(root: str | None, python: str | None, cuda: bool, log: Path | Non
         except OSError as exc:
             msg = f"--log {log}: cannot read: {exc.strerror or exc}"
             raise UsageError(msg) from None
-        root_path = check_root(root) if root else None
+        root_path = check_root(root) if root is not None else None
         conda = str(root_path) if root_path and (root_path / "conda-meta").is_dir() else None
         found = diagnose_log(text, distro=detect_distro(root_path), conda_prefix=conda)
         if found is None:
@@ -207,7 +212,12 @@ class VerifyOptions:
 
         python = find_python(plan.root, self.python)
         extra = user_checks(self.snippets, self.commands, self.config, self.check_timeout)
-        checks = discover(inventory(python), compile_check=self.compile_check, extra=extra, timeout=self.check_timeout)
+        checks = discover(
+            inventory(python, timeout=self.check_timeout),
+            compile_check=self.compile_check,
+            extra=extra,
+            timeout=self.check_timeout,
+        )
         done = apply_verified(
             plan,
             python,

@@ -138,6 +138,9 @@ def analyse(path: str | os.PathLike[str]) -> ElfReport | None:
             return None
     except OSError as exc:
         return ElfReport(path=path, size=0, error=exc.strerror or str(exc))
+    beyond = _data_beyond_elf(path, size)
+    if beyond:
+        return ElfReport(path=path, size=size, error=beyond)
     lief = _quiet_lief()
     try:
         binary = lief.ELF.parse(path, _config(lief))
@@ -146,6 +149,38 @@ def analyse(path: str | os.PathLike[str]) -> ElfReport | None:
     if binary is None:
         return ElfReport(path=path, size=size, error="LIEF cannot parse it")
     return _report(path, size, binary, lief)
+
+
+# Trailing bytes past the ELF's own end that a file may carry without being suspect (padding).
+_TRAILING_SLACK = 64 << 10
+
+
+def _data_beyond_elf(path: str, size: int) -> str | None:
+    """Why `path` is not analysed when its file is much larger than the ELF in it (data appended,
+    or a sparse file whose apparent size is mostly a hole): LIEF would read the whole apparent
+    size into memory (a 36 KB ELF at the start of a 5 GiB sparse file: 5 GiB of memory), and
+    `strip` would drop the bytes after the ELF's end. None when the ELF fills the file."""
+    from slimmer.elf.elf64 import ElfFile, ElfFormatError
+
+    try:
+        with ElfFile(path) as elf:
+            h = elf.header
+            end = max(
+                h.phoff + h.phnum * h.phentsize,
+                h.shoff + h.shnum * h.shentsize,
+                max((s.file_end for s in elf.sections), default=0),
+                max((s.offset + s.filesz for s in elf.segments), default=0),
+            )
+            blocks = os.fstat(elf.fd).st_blocks * 512
+    except (OSError, ElfFormatError):
+        return None  # a 32-bit or damaged ELF: LIEF decides, as before
+    if size - end <= _TRAILING_SLACK:
+        return None
+    sparse = " (a sparse file: most of it is a hole)" if blocks < size // 2 else ""
+    return (
+        f"{size - end} bytes after the ELF's end at {end}{sparse}: not analysed, "
+        "and not stripped (strip would drop them)"
+    )
 
 
 def _report(path: str, size: int, binary: Any, lief: Any) -> ElfReport:

@@ -8,6 +8,7 @@ which LIEF does not expose cheaply. Anything it does not understand raises `ElfF
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -145,9 +146,12 @@ class ElfFile:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
-        self.fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
-            self.size = os.fstat(self.fd).st_size
+            st = os.fstat(self.fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ElfFormatError("not a regular file")
+            self.size = st.st_size
             self.header = self._read_header()
             self.segments = self._read_segments()
             self.sections = self._read_sections()

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from slimmer.dists import METADATA_SUFFIXES
+from slimmer.safe_read import METADATA_LIMIT, SOURCE_LIMIT, open_regular, read_text
 from slimmer.walk import Kind
 
 if TYPE_CHECKING:
@@ -363,17 +364,22 @@ _CACHE: dict[tuple[object, ...], list[ImportRef]] = {}
 
 
 def _read(path: str) -> tuple[bytes, tuple[str, int, int]] | None:
-    """A regular file's bytes and (path, size, mtime); None for a symlink: never read through one."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
+    """A regular file's bytes and (path, size, mtime); None for a symlink, a FIFO, a device or a
+    file over the bound: never read through a link, never block, never grow without limit."""
+    fd = open_regular(path)
+    if fd is None:
         return None
     with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
         try:
-            return fh.read(), (path, st.st_size, st.st_mtime_ns)
+            st = os.fstat(fh.fileno())
+            if st.st_size > SOURCE_LIMIT:
+                return None
+            data = fh.read(SOURCE_LIMIT + 1)
         except OSError:
             return None
+    if len(data) > SOURCE_LIMIT:
+        return None
+    return data, (path, st.st_size, st.st_mtime_ns)
 
 
 class ImportProtector:
@@ -480,8 +486,7 @@ def _metadata_dirs(ctx: PlanContext, removing: dict[str, Rule]) -> Iterable[tupl
 
 
 def _read_text(path: str) -> str | None:
-    got = _read(path)
-    return got[0].decode("utf-8", errors="replace") if got else None
+    return read_text(path, METADATA_LIMIT)
 
 
 def _entry_modules(ctx: PlanContext, removing: dict[str, Rule]) -> Iterator[tuple[str, str]]:

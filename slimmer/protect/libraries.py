@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from slimmer.safe_read import open_regular
 from slimmer.walk import Kind
 
 if TYPE_CHECKING:
@@ -53,8 +54,11 @@ def _mentions(path: str, needles: re.Pattern[bytes], longest: int) -> bool:
 
     One pass over the file whatever the number of names (5 GB of libraries: a few seconds), in
     chunks that overlap by the longest needle, so memory stays small whatever the file size."""
+    fd = open_regular(path)  # never through a link, never a FIFO or a device
+    if fd is None:
+        return False
     try:
-        with open(path, "rb") as fh:
+        with os.fdopen(fd, "rb") as fh:
             if fh.read(4) != b"\x7fELF":
                 return False
             tail = b""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -191,7 +192,8 @@ def removed_by_slimmer(root: Path, path: Path, fix: str) -> str:
         if state is RunState.UNDONE:
             continue
         if state is RunState.OPEN:
-            return f"slimmer undo {root}  (run {journal.run_id} removed it and is not committed; else: {fix})"
+            undo = f"slimmer undo {shlex.quote(str(root))}"
+            return f"{undo}  (run {journal.run_id} removed it and is not committed; else: {fix})"
         keep = "/".join(rel.split("/")[:2]) + "/"
         return f"{fix}  (slimmer run {journal.run_id} removed it; next time slim with --keep '{keep}')"
     return fix

@@ -8,18 +8,19 @@ timeout is blamed on the check that was running and the rest of its group runs a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
-from slimmer.errors import CommandError, UsageError
-from slimmer.proc import run as run_command
+from slimmer.errors import UsageError
 from slimmer.verify.checks import CheckKind, CheckResult, Status, VerifyCheck, VerifyReport
 
 if TYPE_CHECKING:
@@ -45,18 +46,40 @@ _DROP_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "VIR
 
 def find_python(root: Path, python: str | None = None) -> Path:
     """The interpreter that runs the checks: `python` if given, else bin/python3 or bin/python under root."""
-    if python:
+    if python is not None:
         path = Path(python).expanduser()
+        if not python.strip():
+            msg = "--python is empty (an unset variable?): name the environment's interpreter"
+            raise UsageError(msg)
         if not (path.is_file() and os.access(path, os.X_OK)):
-            msg = f"--python {python}: not an executable file"
+            msg = f"--python {python}: {_why_not_runnable(path)}"
             raise UsageError(msg)
         return path
     for name in ("bin/python3", "bin/python"):
         path = root / name
         if path.is_file() and os.access(path, os.X_OK):
             return path
+    for name in ("bin/python3", "bin/python"):
+        path = root / name
+        if path.is_symlink() or path.exists():  # there, but not runnable: say why, not "has no"
+            msg = f"{path}: {_why_not_runnable(path)}: name a working interpreter with --python"
+            raise UsageError(msg)
     msg = f"{root} has no bin/python3 or bin/python: name the environment's interpreter with --python"
     raise UsageError(msg)
+
+
+def _why_not_runnable(path: Path) -> str:
+    if path.is_symlink() and not path.exists():
+        return (
+            f"a symbolic link to {os.readlink(path)}, which does not exist (the interpreter it was made with is gone?)"
+        )
+    if not path.exists():
+        return "does not exist"
+    if path.is_dir():
+        return "is a folder, not an interpreter"
+    if not path.is_file():
+        return "is not a regular file"
+    return "is not executable"
 
 
 def _environ(root: Path, scratch: Path) -> dict[str, str]:
@@ -70,27 +93,31 @@ def _environ(root: Path, scratch: Path) -> dict[str, str]:
     return env
 
 
-def probe_report(python: Path, probe: str, what: str, *, timeout: float = 60.0) -> dict:
+def probe_report(python: Path, probe: str, what: str, *, timeout: float = DEFAULT_TIMEOUT) -> dict:
     """Run `probes/<probe>` with the environment's interpreter and return the JSON it reports;
-    a one-line UsageError saying it cannot `what` when the interpreter does not answer."""
+    a one-line UsageError saying it cannot `what` when the interpreter does not answer. On a
+    timeout the probe's whole process group is killed: nothing it started lives on."""
     argv = [str(python), "-I", "-B", str(PROBES / probe)]
     try:
-        done = run_command(argv, timeout=timeout, check=False)
-    except CommandError as exc:
-        msg = f"cannot run {python}: {exc.last_line}"
+        rc, out, err, timed_out = _spawn(argv, None, None, timeout)
+    except OSError as exc:
+        msg = f"cannot run {python}: {exc.strerror or exc}"
         raise UsageError(msg) from None
-    for line in done.stdout.splitlines():
+    if timed_out:
+        msg = f"{python} {what}: no answer in {timeout:.0f} s (raise --check-timeout if it is slow)"
+        raise UsageError(msg)
+    for line in out.splitlines():
         if line.startswith(MARK):
             try:
-                return json.loads(line[len(MARK) :])
+                return json.loads(line[len(MARK) :])  # type: ignore[no-any-return]
             except json.JSONDecodeError:
                 break  # a garbled report: say what the interpreter printed on stderr
-    last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+    last = (err.strip().splitlines() or [f"exited with {rc} and no output"])[-1]
     msg = f"{python} {what}: {last}"
     raise UsageError(msg)
 
 
-def inventory(python: Path, *, timeout: float = 60.0) -> dict:
+def inventory(python: Path, *, timeout: float = DEFAULT_TIMEOUT) -> dict:
     """What the environment holds, as its interpreter sees it (see probes/inventory.py)."""
     return probe_report(python, "inventory.py", "cannot list its distributions", timeout=timeout)
 
@@ -162,18 +189,85 @@ def _died(proc_rc: int | None, stderr: str, timeout: float | None) -> str:
     return f"{why}: {last}" if last else why
 
 
-def _spawn(argv: list[str], env: dict[str, str], cwd: Path, timeout: float) -> tuple[int | None, str, str, bool]:
-    """Run argv in its own process group; kill the whole group on timeout."""
+# What a check's output may cost: the report lines (MARK) are kept, of the rest only the tail.
+OUTPUT_TAIL = 64 << 10
+_MAX_REPORT_LINE = 16 << 20
+
+
+class _Capture:
+    """Reads a pipe to its end in a thread, keeping report lines and the last OUTPUT_TAIL bytes of
+    the rest, so a check that prints 600 MB costs this process 64 KiB, not 600 MB."""
+
+    def __init__(self, pipe: IO[bytes], *, keep_reports: bool) -> None:
+        self._pipe = pipe
+        self._keep = keep_reports
+        self.reports: list[bytes] = []
+        self._tail = bytearray()
+        self._line = bytearray()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        mark = MARK.encode()
+        while chunk := self._pipe.read1(1 << 16):  # type: ignore[attr-defined]
+            self._tail += chunk
+            if len(self._tail) > 2 * OUTPUT_TAIL:
+                del self._tail[:-OUTPUT_TAIL]
+            if not self._keep:
+                continue
+            *done, rest = chunk.split(b"\n")
+            for piece in done:
+                self._line += piece
+                if self._line.startswith(mark):
+                    self.reports.append(bytes(self._line))
+                self._line.clear()
+            self._line += rest
+            if len(self._line) > _MAX_REPORT_LINE:  # no report is this long: drop it
+                self._line = bytearray(b"x")
+        if self._line.startswith(mark):
+            self.reports.append(bytes(self._line))
+        self._pipe.close()
+
+    def tail(self) -> str:
+        self._thread.join()
+        return bytes(self._tail[-OUTPUT_TAIL:]).decode("utf-8", "replace")
+
+
+def _spawn(
+    argv: list[str], env: dict[str, str] | None, cwd: Path | None, timeout: float
+) -> tuple[int | None, str, str, bool]:
+    """Run argv in its own process group; kill the whole group on timeout and when it ends, so no
+    child it started lives on. Returns (rc, stdout, stderr tail, timed out): stdout holds the
+    report lines of a probe, or the tail of a command's output (`-c` of /bin/sh)."""
+    probe = argv[0] != "/bin/sh"
     proc = subprocess.Popen(
-        argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        argv,
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
     )
+    assert proc.stdout is not None and proc.stderr is not None
+    out = _Capture(proc.stdout, keep_reports=probe)
+    err = _Capture(proc.stderr, keep_reports=False)
+    timed_out = False
     try:
-        out, err = proc.communicate(timeout=timeout)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        return proc.returncode, out, err, True
-    return proc.returncode, out, err, False
+        timed_out = True
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the group: what the check left running goes too
+        proc.wait()
+    stdout = "\n".join(r.decode("utf-8", "replace") for r in _joined(out)) if probe else out.tail()
+    return proc.returncode, stdout, err.tail(), timed_out
+
+
+def _joined(capture: _Capture) -> list[bytes]:
+    capture.tail()  # waits for the reader
+    return capture.reports
 
 
 def _run_command(check: VerifyCheck, env: dict[str, str], cwd: Path) -> CheckResult:
@@ -245,7 +339,7 @@ def verify(
     """List and run every check for the environment at `root`."""
     start = time.monotonic()
     interpreter = find_python(root, python)
-    inv = inventory(interpreter)
+    inv = inventory(interpreter, timeout=timeout)
     checks = discover(inv, compile_check=compile_check, extra=extra, timeout=timeout)
     results = run_checks(root, interpreter, checks, jobs=jobs)
     return VerifyReport(str(interpreter), inv["version"], tuple(results), time.monotonic() - start)

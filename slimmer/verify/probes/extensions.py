@@ -15,6 +15,7 @@ import importlib
 import importlib.machinery
 import importlib.util
 import json
+import os
 import sys
 import time
 import traceback
@@ -23,7 +24,7 @@ import warnings
 
 def report(target, ok, seconds, error="", detail=""):
     line = {"target": target, "ok": ok, "seconds": round(seconds, 3), "error": error, "detail": detail}
-    sys.stdout.write("@@slimmer " + json.dumps(line) + "\n")
+    sys.stdout.write("\n@@slimmer " + json.dumps(line) + "\n")
     sys.stdout.flush()
 
 
@@ -32,16 +33,60 @@ def describe(exc):
     return "%s: %s" % (type(exc).__name__, first) if first else type(exc).__name__
 
 
-def load(fullname, path):
-    parent = fullname.rpartition(".")[0]
-    if parent:
-        importlib.import_module(parent)
-    if fullname in sys.modules:
-        return "loaded by its package"
+def mapped(path):
+    """Whether the process already mapped `path` (a package that loads its extension under another
+    name, as cv2 loads cv2/cv2.abi3.so as `cv2`); False where /proc cannot tell."""
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/self/maps") as fh:
+            return any(line.rstrip("\n").endswith(" " + real) for line in fh)
+    except OSError:
+        return False
+
+
+def circular_importer(exc, fullname):
+    """The module that imports back from `fullname` while `fullname` initialises (scipy's
+    _matfuncs_sqrtm_triu runs `_matfuncs_sqrtm`, which imports from it): only that module can
+    load it first. None if `exc` is not such a circular import."""
+    if getattr(exc, "name", None) != fullname:
+        return None
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        name = frame.f_globals.get("__name__", "")
+        python_file = frame.f_code.co_filename.endswith(".py")
+        if python_file and name not in ("", "__main__", fullname) and not name.startswith("importlib"):
+            found = name
+        tb = tb.tb_next
+    return found
+
+
+def load_direct(fullname, path):
     loader = importlib.machinery.ExtensionFileLoader(fullname, path)
     spec = importlib.util.spec_from_file_location(fullname, path, loader=loader)
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
+
+
+def load(fullname, path):
+    parent = fullname.rpartition(".")[0]
+    if parent:
+        importlib.import_module(parent)
+    if fullname in sys.modules or mapped(path):
+        return "loaded by its package"
+    try:
+        load_direct(fullname, path)
+    except ImportError as exc:
+        importer = circular_importer(exc, fullname)
+        if importer is None:
+            raise
+        sys.modules.pop(importer, None)
+        sys.modules.pop(fullname, None)
+        importlib.import_module(importer)
+        if fullname not in sys.modules:
+            raise
+        return "loaded through %s (they import each other)" % importer
     return "loaded directly"
 
 

@@ -67,10 +67,13 @@ def top_level_from_record(paths):
         if rel.startswith("..") or first.endswith((".dist-info", ".egg-info", ".data")) or first == "__pycache__":
             continue
         if "/" in rel:
-            if rel.endswith((".py",) + EXT_SUFFIXES):
+            # A folder whose name is no identifier (numpy.libs, the vendored libraries auditwheel
+            # adds) holds no importable package: `import numpy.libs` would look inside numpy.
+            if rel.endswith((".py",) + EXT_SUFFIXES) and IDENT.match(first):
                 names.add(first)
         elif first.endswith(".py"):
-            names.add(first[:-3])
+            if IDENT.match(first[:-3]):
+                names.add(first[:-3])
         elif first.endswith(EXT_SUFFIXES):
             names.add(first.split(".", 1)[0])
     return names
@@ -155,7 +158,7 @@ def main():
         "include": sysconfig.get_paths().get("include"),
         "dists": sorted(dists, key=lambda d: normalize(d["name"])),
     }
-    sys.stdout.write("@@slimmer " + json.dumps(info) + "\n")
+    sys.stdout.write("\n@@slimmer " + json.dumps(info) + "\n")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import warnings
 
 def report(target, ok, seconds, error="", detail=""):
     line = {"target": target, "ok": ok, "seconds": round(seconds, 3), "error": error, "detail": detail}
-    sys.stdout.write("@@slimmer " + json.dumps(line) + "\n")
+    sys.stdout.write("\n@@slimmer " + json.dumps(line) + "\n")
     sys.stdout.flush()
 
 

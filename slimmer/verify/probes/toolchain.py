@@ -51,7 +51,7 @@ def main():
         "cxx_env": os.environ.get("CXX", ""),
         "cuda_home_env": os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "",
     }
-    sys.stdout.write("@@slimmer " + json.dumps(info) + "\n")
+    sys.stdout.write("\n@@slimmer " + json.dumps(info) + "\n")
 
 
 if __name__ == "__main__":
