@@ -339,7 +339,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, PLR0915 - the harness reads top to bottom: arguments, environments, variants, output
     args = parse_args(sys.argv[1:] if argv is None else argv)
     notes = list(args.note)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]

@@ -445,7 +445,7 @@ def _delete_tree(parent_fd: int, name: str, threads: int = 4) -> int:
     return _remove_at(parent_fd, name, dev)
 
 
-def _undo(root: Path, journal: Journal, notes: list[str] | None = None) -> tuple[int, list[tuple[str, str]]]:
+def _undo(root: Path, journal: Journal, notes: list[str] | None = None) -> tuple[int, list[tuple[str, str]]]:  # noqa: PLR0912 - each journal record kind and leftover case is one visible branch
     """Put back what the run staged. Never deletes an original: what cannot go back stays staged."""
     problems: list[tuple[str, str]] = []
     restored = 0

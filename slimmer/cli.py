@@ -21,7 +21,7 @@ from slimmer.commands.verify import apply_verify_options
 from slimmer.errors import CheckFailedError, SlimmerError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
     from pathlib import Path
 
     from slimmer.model.plan import Plan
@@ -255,7 +255,7 @@ def rules_cmd(name: str | None) -> None:
         click.echo(f"{builtin:<16} {desc}")
 
 
-def main(argv: Sequence[str] | None = None, *, command: Callable[..., Any] = cli) -> int:
+def main(argv: Sequence[str] | None = None, *, command: click.Command = cli) -> int:  # noqa: PLR0911 - one return per error family: the exit-code table in one place
     """Run the CLI; return the exit code instead of exiting.
 
     Every error is one line on stderr (`slimmer: error: ...`); with `--json` it is also a JSON

@@ -36,7 +36,7 @@ def _table(title: str, rows: dict[str, tuple[int, int]], limit: int) -> list[str
     return lines
 
 
-def render_plan(plan: Plan, *, top: int = 10, verbose: bool = False) -> str:
+def render_plan(plan: Plan, *, top: int = 10, verbose: bool = False) -> str:  # noqa: PLR0912 - one optional section of the report per branch
     lines = [f"slimmer plan for {plan.root} (rules: {', '.join(plan.rule_names)})"]
     if plan.layout.site_packages:
         lines.append("  site-packages: " + ", ".join(s or "." for s in plan.layout.site_packages))
@@ -77,10 +77,10 @@ def render_plan(plan: Plan, *, top: int = 10, verbose: bool = False) -> str:
             f"Stops working: {len(plan.reads)} removed file(s) that kept code reads "
             "(a rule names their place; --keep PATTERN keeps them):"
         )
-        shown = plan.reads if verbose else plan.reads[:top]
-        lines.extend(f"  {rel}: {why}" for rel, why in shown)
-        if len(plan.reads) > len(shown):
-            lines.append(f"  ... {len(plan.reads) - len(shown)} more (--verbose lists all)")
+        reads = plan.reads if verbose else plan.reads[:top]
+        lines.extend(f"  {rel}: {why}" for rel, why in reads)
+        if len(plan.reads) > len(reads):
+            lines.append(f"  ... {len(plan.reads) - len(reads)} more (--verbose lists all)")
     lines.extend(f"warning: {w}" for w in plan.warnings)
     saved = plan.bytes_saved_predicted
     parts = [f"{size(plan.bytes_removed)} removed"]
@@ -130,10 +130,10 @@ def _prune_lines(plan: Plan, top: int, verbose: bool) -> list[str]:
     for d in plan.prunes:
         if d.skip:
             lines.append(f"  not pruned {d.rel}: {d.skip}")
-    whole = sum(len(d.kept_whole) for d in pruned)
-    if whole:
+    kept_whole = sum(len(d.kept_whole) for d in pruned)
+    if kept_whole:
         example = next(w for d in pruned for w in d.kept_whole)
-        lines.append(f"  {whole} containers kept whole: nothing in them would run on a target (e.g. {example})")
+        lines.append(f"  {kept_whole} containers kept whole: nothing in them would run on a target (e.g. {example})")
     outside = [d for d in plan.prunes if d.outside]
     if outside:
         lines.append(

@@ -183,7 +183,7 @@ def _choice(kind: type[_E], arg: str, problem: str) -> _E:
         raise RuleError(msg) from None
 
 
-def _parse_file(path: Path, stack: tuple[Path, ...]) -> list[Rule]:
+def _parse_file(path: Path, stack: tuple[Path, ...]) -> list[Rule]:  # noqa: PLR0912 - one branch per rule-file directive and line form
     real = path.resolve()
     if real in stack:
         chain = " -> ".join(_display(p) for p in (*stack, real))

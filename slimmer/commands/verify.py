@@ -6,21 +6,24 @@ import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from slimmer.errors import CheckFailedError, UsageError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
 
     from slimmer.model.apply import ApplyResult, Rewriter
     from slimmer.model.plan import Plan
     from slimmer.progress import Progress
+    from slimmer.verify.checks import VerifyCheck
+
+F = TypeVar("F", bound="Callable[..., Any]")
 
 
-def check_options(func):  # noqa: ANN001, ANN201 - a click decorator
+def check_options(func: F) -> F:
     """Options shared by `verify` and `apply --verify`: interpreter, user checks, timeout, compile."""
     func = click.option(
         "--python", "python", metavar="PATH", help="The environment's interpreter (default: ROOT/bin/python3)."
@@ -59,7 +62,9 @@ def is_runtime(profile: str | None) -> bool:
     return (profile or "").lower() == "runtime"
 
 
-def user_checks(snippets, commands, config, timeout):  # noqa: ANN001, ANN201
+def user_checks(
+    snippets: Iterable[str], commands: Iterable[str], config: Path | None, timeout: float
+) -> list[VerifyCheck]:
     from slimmer.config_file import find_config
     from slimmer.verify.config import cli_checks, load_checks
 

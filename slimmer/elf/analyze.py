@@ -183,7 +183,7 @@ def _data_beyond_elf(path: str, size: int) -> str | None:
     )
 
 
-def _report(path: str, size: int, binary: Any, lief: Any) -> ElfReport:
+def _report(path: str, size: int, binary: Any, lief: Any) -> ElfReport:  # noqa: PLR0912 - one branch per ELF fact read from LIEF
     sections = list(binary.sections)
     if not sections:
         return ElfReport(path=path, size=size, error="no section headers (truncated or damaged)")

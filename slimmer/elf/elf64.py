@@ -259,7 +259,7 @@ class ElfFile:
             out[i] = (value, shndx)
         return out
 
-    def relocations(self) -> Iterator[Reloc]:
+    def relocations(self) -> Iterator[Reloc]:  # noqa: PLR0912 - one branch per relocation section layout (REL/RELA, 32/64)
         """Every dynamic relocation (RELA tables named by the dynamic section and by section
         headers, and DT_RELR); REL tables are refused (x86-64 uses RELA)."""
         dyn = dict(self.dynamic())

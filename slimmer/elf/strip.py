@@ -111,7 +111,7 @@ def _analyse_job(job: _Job) -> _Outcome:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def decide(
+def decide(  # noqa: PLR0911 - one return per Skip reason, in the order they are checked
     entry: Entry,
     outcome: _Outcome,
     *,

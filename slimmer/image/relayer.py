@@ -50,7 +50,7 @@ class LayerChange:
     gzip_after: int | None = None
 
 
-def _decide(
+def _decide(  # noqa: PLR0911 - one return per kind of member decision
     member: tarfile.TarInfo, layer: int, tree: MergedTree, copies: Sequence[EnvCopy]
 ) -> tuple[str, EnvCopy | None, str]:
     """("keep" | "hidden" | "removed" | "changed", the environment copy, the path in it)."""
@@ -125,7 +125,7 @@ def _as_file(member: tarfile.TarInfo, size: int) -> tarfile.TarInfo:
     return info
 
 
-def rewrite_layer(
+def rewrite_layer(  # noqa: PLR0915 - one streaming pass over the layer's members; state is shared by design
     layer_fh: IO[bytes],
     change: LayerChange,
     tree: MergedTree,

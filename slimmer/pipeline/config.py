@@ -155,7 +155,7 @@ def load_config(
     return dataclasses.replace(file_cfg, **{k: getattr(override_cfg, k) for k in given}), path
 
 
-def _coerce(key: str, value: Any, *, base: Path, origin: str) -> Any:
+def _coerce(key: str, value: Any, *, base: Path, origin: str) -> Any:  # noqa: PLR0912, PLR0911 - one branch per config value type, each with its own error
     def bad(expected: str) -> UsageError:
         return UsageError(f"{origin}: {key} must be {expected}, got {value!r}")
 

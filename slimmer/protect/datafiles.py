@@ -186,7 +186,7 @@ class DataFileProtector:
         self.stats: DataFileStats | None = None
         self.reads: dict[str, str] = {}  # removed on purpose (a rule names the place) but read: {rel: by whom}
 
-    def protect(self, ctx: PlanContext, removing: dict[str, Rule]) -> dict[str, str]:
+    def protect(self, ctx: PlanContext, removing: dict[str, Rule]) -> dict[str, str]:  # noqa: PLR0912 - one branch per kind of run-time read found
         start = time.monotonic()
         self.reads = {}
         groups: dict[str, _Group] = {}

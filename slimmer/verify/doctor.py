@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from slimmer import proc
 from slimmer.errors import CommandError
@@ -130,14 +131,14 @@ def nvcc_fix(distro: Distro, cuda: str, *, conda_prefix: str | None = None) -> s
     return f"install the CUDA {cuda} toolkit's nvcc and set CUDA_HOME"
 
 
-def _toolchain(python: Path) -> dict:
+def _toolchain(python: Path) -> dict[str, Any]:
     return probe_report(python, "toolchain.py", "did not report its toolchain")
 
 
-def _conda_prefix(info: dict) -> str | None:
+def _conda_prefix(info: dict[str, Any]) -> str | None:
     for key in ("prefix", "base_prefix"):
         if (Path(info[key]) / "conda-meta").is_dir():
-            return info[key]
+            return str(info[key])
     return None
 
 
@@ -317,7 +318,7 @@ _INCLUDE = re.compile(r"(?:^|\s)-I\s*(\S+)")
 _ERRORS = ("InductorError", "CppCompileError", "InvalidCxxCompiler", "CalledProcessError", "CompileError")
 
 
-def diagnose_log(text: str, *, distro: Distro, conda_prefix: str | None = None) -> LogDiagnosis | None:
+def diagnose_log(text: str, *, distro: Distro, conda_prefix: str | None = None) -> LogDiagnosis | None:  # noqa: PLR0911 - one return per known build-log failure
     """Name the missing header (or compiler) in a build log and the fix; None if the log names none."""
     error = next((e for e in _ERRORS if e in text), "compile error")
     includes = tuple(dict.fromkeys(_INCLUDE.findall(text)))

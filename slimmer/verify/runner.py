@@ -18,7 +18,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from slimmer.errors import UsageError
 from slimmer.verify.checks import CheckKind, CheckResult, Status, VerifyCheck, VerifyReport
@@ -93,7 +93,7 @@ def _environ(root: Path, scratch: Path) -> dict[str, str]:
     return env
 
 
-def probe_report(python: Path, probe: str, what: str, *, timeout: float = DEFAULT_TIMEOUT) -> dict:
+def probe_report(python: Path, probe: str, what: str, *, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
     """Run `probes/<probe>` with the environment's interpreter and return the JSON it reports;
     a one-line UsageError saying it cannot `what` when the interpreter does not answer. On a
     timeout the probe's whole process group is killed: nothing it started lives on."""
@@ -117,13 +117,13 @@ def probe_report(python: Path, probe: str, what: str, *, timeout: float = DEFAUL
     raise UsageError(msg)
 
 
-def inventory(python: Path, *, timeout: float = DEFAULT_TIMEOUT) -> dict:
+def inventory(python: Path, *, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
     """What the environment holds, as its interpreter sees it (see probes/inventory.py)."""
     return probe_report(python, "inventory.py", "cannot list its distributions", timeout=timeout)
 
 
 def discover(
-    inv: dict,
+    inv: dict[str, Any],
     *,
     compile_check: bool = True,
     extra: Iterable[VerifyCheck] = (),

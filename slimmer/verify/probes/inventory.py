@@ -99,7 +99,7 @@ def module_name(rel):
     return (folder.replace("/", ".") + "." + stem) if folder else stem
 
 
-def main():
+def main():  # noqa: PLR0912 - one branch per kind of RECORD entry
     prefix = sys.prefix
     seen = set()
     dists = []
