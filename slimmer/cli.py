@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -39,8 +40,12 @@ def root_argument(func: F) -> F:
         try:
             return func(*args, root=root, **kwargs)
         except OSError as exc:  # a write that failed names no path (ENOSPC in a write): name ROOT
-            if exc.filename is None and not isinstance(exc, BrokenPipeError):
-                exc.filename = root
+            if not isinstance(exc, BrokenPipeError):
+                if exc.filename is None:
+                    exc.filename = root
+                elif isinstance(exc.filename, str) and not os.path.isabs(exc.filename):
+                    # opened relative to a folder descriptor under ROOT: name ROOT, and the name as given
+                    exc.filename = f"{root} ({exc.filename})"
             raise
 
     named = click.option("--force", is_flag=True, help="Allow / or your home folder as ROOT.")(named)

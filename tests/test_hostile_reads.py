@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from slimmer.errors import FileSystemError
 from tests.helpers import REPO, cached_env, snapshot
 
 SP = f"lib/python{sys.version_info[0]}.{sys.version_info[1]}/site-packages"
@@ -184,7 +185,7 @@ def test_read_only_root(venv: Path, tmp_path: Path) -> None:
         if remount.returncode != 0:
             pytest.skip(f"cannot remount read-only: {remount.stderr.decode().strip()}")
         for command in ("apply", "undo", "commit"):
-            line = one_line_error(slimmer(command, str(ro)), 6)
+            line = one_line_error(slimmer(command, str(ro)), FileSystemError.exit_code)
             assert "Read-only file system" in line and str(ro) in line and "read-write" in line, line
         assert plan_json(ro)["files_removed"] >= 1  # planning only reads: it works
     assert snapshot(venv) == before
@@ -208,7 +209,7 @@ def test_full_disk(venv: Path, tmp_path: Path, left_kib: int) -> None:
         proc = slimmer("apply", "--no-commit", str(env))
         assert "Traceback" not in proc.stderr, proc.stderr
         if proc.returncode != 0:
-            line = one_line_error(proc, 6)
+            line = one_line_error(proc, FileSystemError.exit_code)
             assert "No space left on device" in line and "free space" in line, line
         filler.unlink()
         undo = slimmer("undo", str(env))
