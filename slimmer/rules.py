@@ -148,13 +148,39 @@ def _display(path: Path) -> str:
 # Each pattern is compiled once per process: checking it while the file loads, the sets that
 # decide and `explain` share the compiled object (a 100k-line rule file compiled 2-3 times cost
 # most of a minute).
-_COMPILED: dict[str, GitIgnoreSpecPattern] = {}
+# A pattern's own regular expression is compiled only when it is asked for (`check_file` on a
+# path that the combined expression of `_any_match` says some pattern matches): most of the
+# lines of a long rule file are never compiled on their own.
 
 
-def _pattern(pattern: str) -> GitIgnoreSpecPattern:
+class _LazyPattern(GitIgnoreSpecPattern):
+    """A gitignore pattern translated at once, its regular expression compiled on first use."""
+
+    def __init__(self, pattern: str) -> None:  # no super().__init__: it compiles
+        source, include = self.pattern_to_regex(pattern)
+        self.pattern = pattern
+        self.include = include
+        self.source: str | None = source if include is not None else None
+        self._regex: re.Pattern[str] | None = None
+
+    @property
+    def regex(self) -> re.Pattern[str] | None:
+        if self._regex is None and self.source is not None:
+            self._regex = re.compile(self.source)
+        return self._regex
+
+    @regex.setter
+    def regex(self, value: re.Pattern[str] | None) -> None:
+        self._regex = value
+
+
+_COMPILED: dict[str, _LazyPattern] = {}
+
+
+def _pattern(pattern: str) -> _LazyPattern:
     compiled = _COMPILED.get(pattern)
     if compiled is None:
-        compiled = _COMPILED[pattern] = GitIgnoreSpecPattern(pattern)
+        compiled = _COMPILED[pattern] = _LazyPattern(pattern)
     return compiled
 
 
@@ -243,7 +269,7 @@ def _parse_file(path: Path, stack: tuple[Path, ...]) -> list[Rule]:  # noqa: PLR
 _DIR_GROUP = "(?P<ps_d>"
 
 
-def _any_match(spec: pathspec.GitIgnoreSpec) -> re.Pattern[str] | None:
+def _any_match(patterns: Sequence[object]) -> re.Pattern[str] | None:
     """One regular expression that matches a path if and only if some pattern of `spec` does.
 
     It is the alternation of the patterns' own expressions (pathspec matches each with `search`),
@@ -252,21 +278,64 @@ def _any_match(spec: pathspec.GitIgnoreSpec) -> re.Pattern[str] | None:
     patterns cannot be combined (flags, another group): `decide` then asks `check_file` always.
     """
     parts = []
-    for pattern in spec.patterns:
-        regex = getattr(pattern, "regex", None)
-        if pattern.include is None or regex is None:
+    for pattern in patterns:
+        if getattr(pattern, "include", None) is None:
             continue
-        if not isinstance(regex, re.Pattern) or not isinstance(regex.pattern, str):
+        if isinstance(pattern, _LazyPattern) and pattern.source is not None:
+            source = pattern.source  # not compiled on its own
+        else:
+            regex = getattr(pattern, "regex", None)
+            if regex is None:
+                continue
+            if not isinstance(regex, re.Pattern) or not isinstance(regex.pattern, str) or regex.flags & ~re.UNICODE:
+                return None
+            source = regex.pattern
+        if "(?P<" in source.replace(_DIR_GROUP, ""):
             return None
-        if regex.flags & ~re.UNICODE or "(?P<" in regex.pattern.replace(_DIR_GROUP, ""):
-            return None
-        parts.append(f"(?:{regex.pattern.replace(_DIR_GROUP, '(?:')})")
+        parts.append(f"(?:{source.replace(_DIR_GROUP, '(?:')})")
     if not parts:
         return re.compile(r"(?!)")  # matches nothing
     try:
         return re.compile("|".join(parts))
     except re.error:
         return None
+
+
+_CHUNK = 512
+
+
+class _Matcher:
+    """The patterns of one base, matched the way `GitIgnoreSpec.check_file` does, but fast for
+    long rule files: one combined expression says whether any pattern matches (most paths end
+    there); on a hit, combined expressions of chunks of patterns name the few candidates, and
+    `check_file` runs over those only (patterns that do not match cannot change its answer)."""
+
+    def __init__(self, patterns: list[_LazyPattern]) -> None:
+        self.patterns = patterns
+        self.anything = _any_match(patterns)
+        self.spec = pathspec.GitIgnoreSpec(patterns)
+        self._chunks: list[re.Pattern[str] | bool | None] = [False] * ((len(patterns) + _CHUNK - 1) // _CHUNK)
+
+    def _chunk(self, n: int) -> re.Pattern[str] | None:
+        got = self._chunks[n]
+        if got is False:
+            got = self._chunks[n] = _any_match(self.patterns[n * _CHUNK : (n + 1) * _CHUNK])
+        return got if isinstance(got, re.Pattern) else None
+
+    def check(self, rel: str) -> int | None:
+        """The index of the pattern that decides `rel`, or None."""
+        norm = normalize_file(rel)
+        if self.anything is not None and self.anything.search(norm) is None:
+            return None
+        if len(self.patterns) <= _CHUNK:
+            return self.spec.check_file(rel).index
+        candidates: list[int] = []
+        for n in range(len(self._chunks)):
+            chunk = self._chunk(n)
+            if chunk is None or chunk.search(norm) is not None:
+                candidates.extend(range(n * _CHUNK, min((n + 1) * _CHUNK, len(self.patterns))))
+        found = pathspec.GitIgnoreSpec([self.patterns[i] for i in candidates]).check_file(rel).index
+        return candidates[found] if found is not None else None
 
 
 @dataclass(frozen=True)
@@ -292,9 +361,7 @@ class RuleSet:
     rules: tuple[Rule, ...]
     names: tuple[str, ...] = ()
     action: Action = Action.REMOVE
-    _specs: dict[Base, tuple[pathspec.GitIgnoreSpec, tuple[int, ...], re.Pattern[str] | None]] = field(
-        default_factory=dict, compare=False, repr=False
-    )
+    _specs: dict[Base, tuple[_Matcher, tuple[int, ...]]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def load(cls, refs: Sequence[str]) -> RuleSet:
@@ -324,12 +391,11 @@ class RuleSet:
         """The same set without its `!` lines."""
         return RuleSet(rules=tuple(r for r in self.rules if not r.negated), names=self.names, action=self.action)
 
-    def _compiled(self) -> dict[Base, tuple[pathspec.GitIgnoreSpec, tuple[int, ...], re.Pattern[str] | None]]:
+    def _compiled(self) -> dict[Base, tuple[_Matcher, tuple[int, ...]]]:
         if not self._specs:
             for base in Base:
                 indices = tuple(i for i, r in enumerate(self.rules) if r.base is base and r.action is self.action)
-                spec = pathspec.GitIgnoreSpec([_pattern(self.rules[i].pattern) for i in indices])
-                self._specs[base] = (spec, indices, _any_match(spec))
+                self._specs[base] = (_Matcher([_pattern(self.rules[i].pattern) for i in indices]), indices)
         return self._specs
 
     def decide(self, rel_by_base: Mapping[Base, str]) -> Rule | None:
@@ -337,10 +403,8 @@ class RuleSet:
         best = -1
         compiled = self._compiled()
         for base, rel in rel_by_base.items():
-            spec, indices, anything = compiled[base]
-            if anything is not None and anything.search(normalize_file(rel)) is None:
-                continue  # no pattern of this base matches: most paths end here
-            index = spec.check_file(rel).index
+            matcher, indices = compiled[base]
+            index = matcher.check(rel)
             if index is not None:
                 best = max(best, indices[index])
         return self.rules[best] if best >= 0 else None
