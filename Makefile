@@ -162,8 +162,8 @@ scatter-env: $(SCATTER_ENV)/.complete
 # The PyG extension family (tests/test_family.py, bench): torch_scatter, torch_sparse, torch_cluster and
 # torch_spline_conv built from their PyPI sdists against the CPU torch environment (ninja,
 # --no-build-isolation, MAX_JOBS from memory, ccache), wheels cached in $(CACHE)/wheels/torch-$(TORCH_VERSION),
-# plus torch_geometric (and scipy, which torch_sparse imports) from PyPI. A cold build takes about
-# FAMILY_COLD_MIN minutes on 2 cores, so `make test` does not build it: tests/test_family.py skips, saying
+# plus torch_geometric (and scipy, which torch_sparse imports) from PyPI. A cold build took 58 min wall
+# (33 min CPU) on a busy 2-core machine, a warm one (wheel hits) 55 s, so `make test` does not build it: tests/test_family.py skips, saying
 # so, until `make family-env` (or `make bench`) has run. pyg_lib has no sdist on PyPI: it is not built.
 FAMILY_SDISTS := torch_scatter==$(SCATTER_VERSION) torch_sparse==0.6.18 torch_cluster==1.6.3 torch_spline_conv==1.2.2
 FAMILY_PYPI := torch_geometric==2.8.1 scipy==1.17.1

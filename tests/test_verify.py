@@ -79,6 +79,8 @@ def small_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _dist(sp, "brokenpkg", {"brokenpkg.py": "raise ImportError('libfoo.so.1: cannot open shared object file')\n"}, "")
     _dist(sp, "crashy", {"crashy.py": "import os\nos.abort()\n", "zafter.py": "X = 1\n"}, "crashy\nzafter\n")
     _dist(sp, "sleepy", {"sleepy.py": "import time\ntime.sleep(60)\n"}, "sleepy\n")
+    # top_level.txt naming a module the wheel does not ship (xxhash 4.1 names `_xxhash`)
+    _dist(sp, "hashy", {"hashy/__init__.py": ""}, "_hashy\nhashy\n")
     src = root.parent / "fastmod.c"
     src.write_text(EXTENSION_C)
     ext = f"fast/fastmod{EXT_SUFFIX}"
@@ -113,6 +115,9 @@ def test_verify_reports_each_check(small_env):
     assert got["import crashy"].status is Status.FAIL
     assert got["import crashy"].error.startswith("crashed (SIGABRT)")
     assert got["import zafter"].status is Status.PASS
+    assert got["import hashy"].status is Status.PASS
+    assert got["import _hashy"].status is Status.SKIP  # a pristine environment passes verify
+    assert "no file of the distribution provides it" in got["import _hashy"].error
     assert got["import sleepy"].error == "timed out after 4 s"
     assert got["extension fast.fastmod"].status is Status.PASS
     assert got["extension fast.fastmod"].detail == "loaded directly"  # fast/__init__.py does not import it

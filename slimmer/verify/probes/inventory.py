@@ -60,6 +60,17 @@ def record_paths(dist):
     return [str(f) for f in files]
 
 
+def module_on_disk(base, top):
+    path = os.path.join(base, *top.split("."))
+    if os.path.isdir(path) or os.path.isfile(path + ".py"):
+        return True
+    folder, name = os.path.split(path)
+    try:
+        return any(f.startswith(name + ".") and f.endswith(EXT_SUFFIXES) for f in os.listdir(folder))
+    except OSError:
+        return False
+
+
 def top_level_from_record(paths):
     names = set()
     for rel in paths:
@@ -117,9 +128,18 @@ def main():  # noqa: PLR0912 - one branch per kind of RECORD entry
         except Exception:
             text = None
         tops = {t.strip().replace("/", ".") for t in (text or "").splitlines() if t.strip()}
+        in_record = top_level_from_record(paths)
         if not tops:
-            tops = top_level_from_record(paths)
+            tops = in_record
         modules, skipped = [], {}
+        if paths:
+            # top_level.txt can name a module the wheel no longer ships (xxhash names `_xxhash`)
+            for top in sorted(tops):
+                if top in NOT_FOR_IMPORT or not all(IDENT.match(p) for p in top.split(".")):
+                    continue  # said below, with its own reason
+                if top.split(".", 1)[0] not in in_record and not module_on_disk(base, top):
+                    skipped[top] = "named in top_level.txt, but no file of the distribution provides it"
+            tops = {t for t in tops if t not in skipped}
         for top in sorted(tops):
             first = top.split(".", 1)[0]
             if top.startswith("__editable__") or first.startswith("__editable__"):
