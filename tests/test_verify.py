@@ -81,6 +81,10 @@ def small_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _dist(sp, "sleepy", {"sleepy.py": "import time\ntime.sleep(60)\n"}, "sleepy\n")
     # top_level.txt naming a module the wheel does not ship (xxhash 4.1 names `_xxhash`)
     _dist(sp, "hashy", {"hashy/__init__.py": ""}, "_hashy\nhashy\n")
+    # an optional dependency that was never installed (cuda.bindings needs numpy): skipped, not failed;
+    # a module that an installed distribution claims but lost (brokenpkg's libfoo case) still fails
+    _dist(sp, "optdep", {"optdep/__init__.py": "import numpy_never_installed_zz\n"}, "optdep\n")
+    _dist(sp, "lostdep", {"lostdep/__init__.py": "import hashy.gone\n"}, "lostdep\n")
     src = root.parent / "fastmod.c"
     src.write_text(EXTENSION_C)
     ext = f"fast/fastmod{EXT_SUFFIX}"
@@ -118,6 +122,9 @@ def test_verify_reports_each_check(small_env):
     assert got["import hashy"].status is Status.PASS
     assert got["import _hashy"].status is Status.SKIP  # a pristine environment passes verify
     assert "no file of the distribution provides it" in got["import _hashy"].error
+    assert got["import optdep"].status is Status.SKIP
+    assert got["import optdep"].error.startswith("needs numpy_never_installed_zz, which no installed distribution")
+    assert got["import lostdep"].status is Status.FAIL  # hashy is installed: its lost module is a breakage
     assert got["import sleepy"].error == "timed out after 4 s"
     assert got["extension fast.fastmod"].status is Status.PASS
     assert got["extension fast.fastmod"].detail == "loaded directly"  # fast/__init__.py does not import it
@@ -128,6 +135,7 @@ def test_verify_reports_each_check(small_env):
     assert got["command python -c 'import fast.fastmod' && exit 3"].error.startswith("exit 3")
     assert not any(r.check.kind is CheckKind.COMPILE for r in report.results)  # no torch here
     assert {r.check.name for r in report.failed} == {
+        "import lostdep",
         "import brokenpkg",
         "import crashy",
         "import sleepy",

@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -341,5 +343,33 @@ def verify(
     interpreter = find_python(root, python)
     inv = inventory(interpreter, timeout=timeout)
     checks = discover(inv, compile_check=compile_check, extra=extra, timeout=timeout)
-    results = run_checks(root, interpreter, checks, jobs=jobs)
+    results = optional_dependencies(inv, run_checks(root, interpreter, checks, jobs=jobs))
     return VerifyReport(str(interpreter), inv["version"], tuple(results), time.monotonic() - start)
+
+
+_NO_MODULE = re.compile(r"^ModuleNotFoundError: No module named '([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def optional_dependencies(inv: dict[str, Any], results: list[CheckResult]) -> list[CheckResult]:
+    """An import that fails only because it needs a module that no installed distribution provides
+    and that is not in the standard library (cuda.bindings' extensions need numpy, an optional
+    dependency) is a skip, not a failure: slimming did not cause it and cannot fix it. A module that
+    some distribution of the inventory still claims (its files removed) stays a failure."""
+    stdlib = getattr(sys, "stdlib_module_names", None)
+    if stdlib is None:  # Python 3.9: no list of the standard library, so no way to tell
+        return results
+    provided = {
+        name.split(".", 1)[0]
+        for d in inv["dists"]
+        for name in [*d["modules"], *d["skipped"], *(e["module"] for e in d["extensions"])]
+    }
+    out = []
+    for r in results:
+        missing = _NO_MODULE.match(r.error) if r.status is Status.FAIL else None
+        kinds = (CheckKind.IMPORT, CheckKind.EXTENSION)
+        if missing and r.check.kind in kinds and missing[1] not in provided and missing[1] not in stdlib:
+            why = f"needs {missing[1]}, which no installed distribution provides (an optional dependency)"
+            out.append(CheckResult(r.check, Status.SKIP, r.seconds, why, r.detail))
+        else:
+            out.append(r)
+    return out
