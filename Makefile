@@ -29,6 +29,8 @@ $(VENV)/.done: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e '.[test]' 2>&1 | grep -v "^WARNING: Location 'file:" || true
 	$(PY) -c "import slimmer, lief, pathspec, humanize, click, docker, pytest"
+	@# make lint runs these very binaries from the venv
+	$(VENV)/bin/ruff --version >/dev/null && $(VENV)/bin/mypy --version >/dev/null
 	@# the --gpu-arch tests run NVIDIA's cuobjdump from the test extras (nvidia-cuda-cuobjdump): check that very binary
 	@tool=$$(ls $(VENV)/lib/python3*/site-packages/nvidia/cu13/bin/cuobjdump 2>/dev/null | head -1); \
 	  if [ -z "$$tool" ] || ! "$$tool" --version >/dev/null; then \
@@ -173,7 +175,10 @@ export SLIMMER_FAMILY_ENV := $(FAMILY_ENV)
 .PHONY: family-env
 
 $(FAMILY_ENV)/.complete: $(TORCH_ENV)/.complete fixtures/make_family_env.sh | build-tools
-	@command -v ccache >/dev/null || $(SUDO) apt-get install -y -q ccache || echo "family-env: no ccache, building without it"
+	@# make_family_env.sh uses ccache's compiler links in /usr/lib/ccache only when they exist: check those
+	@[ -x /usr/lib/ccache/g++ ] || $(SUDO) apt-get install -y -q ccache \
+	  || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q ccache; } \
+	  || echo "family-env: ccache could not be installed, building without it"
 	fixtures/make_family_env.sh $(TORCH_ENV) $(FAMILY_ENV) $(CACHE)/wheels/torch-$(TORCH_VERSION) \
 	  $(FAMILY_SDISTS) -- $(FAMILY_PYPI)
 

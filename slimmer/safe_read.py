@@ -48,10 +48,16 @@ def read_regular(path: str | os.PathLike[str], limit: int) -> bytes | None:
     return data if len(data) <= limit else None
 
 
-def read_text(path: str | os.PathLike[str], limit: int = METADATA_LIMIT) -> str | None:
-    """`read_regular` decoded as UTF-8; a byte that is not UTF-8 becomes U+FFFD instead of an error."""
+def read_text(path: str | os.PathLike[str], limit: int = METADATA_LIMIT, *, strict: bool = False) -> str | None:
+    """`read_regular` decoded as UTF-8; a byte that is not UTF-8 becomes U+FFFD instead of an error,
+    or, with `strict` (text that will be written back), makes the result None."""
     data = read_regular(path, limit)
-    return None if data is None else data.decode("utf-8", errors="replace")
+    if data is None:
+        return None
+    try:
+        return data.decode("utf-8", errors="strict" if strict else "replace")
+    except UnicodeDecodeError:
+        return None
 
 
 def read_given(path: str | os.PathLike[str], limit: int) -> bytes:

@@ -18,7 +18,7 @@ import posixpath
 from typing import TYPE_CHECKING
 
 from slimmer.dists import METADATA_SUFFIXES, record_hash
-from slimmer.safe_read import METADATA_LIMIT, read_regular
+from slimmer.safe_read import read_text
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -69,18 +69,6 @@ def known_hash(result: ApplyResult, root: Path, rel: str) -> tuple[str, int] | N
     return (digest, size) if (st.st_size, st.st_ino) == (size, ino) else None
 
 
-def _read_metadata(path: str) -> str | None:
-    """A RECORD or installed-files.txt as text: a bounded read of a regular file, never through a
-    link or from a FIFO; None (left as it is) when it is not one or is not UTF-8."""
-    data = read_regular(path, METADATA_LIMIT)
-    if data is None:
-        return None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-
-
 class RecordRewriter:
     """Rewrites the RECORD of every distribution that lost files or had files rewritten."""
 
@@ -90,7 +78,7 @@ class RecordRewriter:
         root = plan.root
         changed_files = {rel for name, done in result.rewritten.items() if name != self.name for rel, _, _ in done}
         for site, rel in _records(root, plan, METADATA_SUFFIXES[0], "RECORD"):
-            text = _read_metadata(os.path.join(root, rel))
+            text = read_text(os.path.join(root, rel), strict=True)
             if text is None:
                 continue
             rows = list(csv.reader(io.StringIO(text)))
@@ -126,7 +114,7 @@ class RecordRewriter:
         root = plan.root
         for _site, rel in _records(root, plan, METADATA_SUFFIXES[1], "installed-files.txt"):
             folder = rel.rpartition("/")[0]
-            text = _read_metadata(os.path.join(root, rel))
+            text = read_text(os.path.join(root, rel), strict=True)
             if text is None:
                 continue
             lines = text.splitlines()
