@@ -75,13 +75,19 @@ def _workers(ruleset: Any, gpu: Any = None) -> contextlib.AbstractContextManager
     return shared_pool() if strips or gpu is not None else contextlib.nullcontext()
 
 
-def _make_plan(root: Path, ruleset: Any, gpu: Any = None) -> Plan:
+def _make_plan(root: Path, ruleset: Any, gpu: Any = None, *, trial_strips: bool = True) -> Plan:
+    """The plan; `trial_strips=False` when it is applied at once (the real strip is then the check)."""
     from slimmer.plan import make_plan
     from slimmer.progress import Progress
     from slimmer.protect import default_protectors
 
     return make_plan(
-        root, ruleset, protectors=default_protectors(), progress=Progress.for_terminal("scanning"), gpu=gpu
+        root,
+        ruleset,
+        protectors=default_protectors(),
+        progress=Progress.for_terminal("scanning"),
+        gpu=gpu,
+        trial_strips=trial_strips,
     )
 
 
@@ -179,7 +185,7 @@ def apply_cmd(
 
         run = apply_plan if verify is None else verify.apply  # --verify: checks before/after, undo on a regression
         with root_lock(root_path, wait=wait, reentrant=True):  # planned under the lock: never a stale plan
-            plan = _make_plan(root_path, ruleset, gpu)
+            plan = _make_plan(root_path, ruleset, gpu, trial_strips=False)
             result = run(
                 plan,
                 commit=not no_commit,

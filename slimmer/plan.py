@@ -94,23 +94,25 @@ def _not_removed(selected: dict[str, str], removing: dict[str, Rule]) -> dict[st
     return {rel: where for rel, where in selected.items() if not any(a in removing for a in _ancestors(rel))}
 
 
-def _start_strip_analysis(ctx: PlanContext, selected: dict[str, str]) -> Analysis | None:
+def _start_strip_analysis(ctx: PlanContext, selected: dict[str, str], *, trial: bool) -> Analysis | None:
     """Start reading the ELF files in `selected` in the background; the protectors that run
     meanwhile only keep more, so the final selection holds all of them."""
     if not selected:
         return None
     from slimmer.elf.strip import start_analysis
 
-    return start_analysis(ctx, selected)
+    return start_analysis(ctx, selected, trial=trial)
 
 
-def _plan_strips(ctx: PlanContext, selected: dict[str, str], early: Analysis | None) -> tuple[StripDecision, ...]:
+def _plan_strips(
+    ctx: PlanContext, selected: dict[str, str], early: Analysis | None, *, trial: bool
+) -> tuple[StripDecision, ...]:
     """Decisions for the files that a strip rule selects and no removal takes (reads them with LIEF)."""
     if not selected:
         return ()
     from slimmer.elf.strip import plan_strips
 
-    return tuple(plan_strips(ctx, selected, early))
+    return tuple(plan_strips(ctx, selected, early, trial=trial))
 
 
 def _protect(
@@ -238,8 +240,12 @@ def make_plan(
     protectors: tuple[Protector, ...] = (),
     progress: Progress | None = None,
     gpu: GpuPruning | None = None,
+    trial_strips: bool = True,
 ) -> Plan:
     """Walk `root`, match `rules`, let `protectors` keep what must stay; change nothing.
+
+    `trial_strips=False` (for a plan that is applied at once) leaves the check of a
+    patchelf-rewritten file to its real strip instead of stripping a scratch copy first.
 
     Steps: 1. walk and decide every path by its rules (and start analysing the ELF files a strip
     rule selects, in the background); 2. protectors keep what must stay; 3. kept paths and mount
@@ -253,13 +259,13 @@ def make_plan(
 
     removing, negated = _decide_all(tree, layout, rules)
     strip_rules = _strip_rules(ctx)
-    early = _start_strip_analysis(ctx, _not_removed(strip_rules, removing))
+    early = _start_strip_analysis(ctx, _not_removed(strip_rules, removing), trial=trial_strips)
     kept = _kept_by_negation(ctx, removing, negated)
     reads = _protect(ctx, removing, protectors, kept)
     _keep_ancestors(root, tree, removing, kept)
     _whole_folders_only(tree, removing)
     removals, units, outside_links = _removals(tree, owners, removing)
-    strips = _plan_strips(ctx, _not_removed(strip_rules, removing), early)
+    strips = _plan_strips(ctx, _not_removed(strip_rules, removing), early, trial=trial_strips)
     prunes = _plan_prunes(ctx, removing, gpu)
     return Plan(
         root=root,

@@ -13,6 +13,7 @@ import stat
 from typing import TYPE_CHECKING, Any
 
 from slimmer.elf import fatbin as fatbin_mod
+from slimmer.elf.triage import strip_drops, triage
 from slimmer.model.elf import ElfReport, Segment
 
 if TYPE_CHECKING:
@@ -20,10 +21,6 @@ if TYPE_CHECKING:
 
 
 ELF_MAGIC = b"\x7fELF"
-# Non-allocated sections that `strip --strip-unneeded` drops from a shared object or executable.
-# `.comment`, `.gnu_debuglink` and `.shstrtab` stay, so they are not counted.
-_STRIPPED_PREFIXES = (".debug", ".zdebug", ".stab", ".line")
-_STRIPPED_NAMES = (".symtab", ".strtab", ".symtab_shndx")
 
 
 def identity_changes(before: ElfReport, after: ElfReport) -> list[str]:
@@ -151,36 +148,16 @@ def analyse(path: str | os.PathLike[str]) -> ElfReport | None:
     return _report(path, size, binary, lief)
 
 
-# Trailing bytes past the ELF's own end that a file may carry without being suspect (padding).
-_TRAILING_SLACK = 64 << 10
-
-
 def _data_beyond_elf(path: str, size: int) -> str | None:
     """Why `path` is not analysed when its file is much larger than the ELF in it (data appended,
     or a sparse file whose apparent size is mostly a hole): LIEF would read the whole apparent
     size into memory (a 36 KB ELF at the start of a 5 GiB sparse file: 5 GiB of memory), and
-    `strip` would drop the bytes after the ELF's end. None when the ELF fills the file."""
-    from slimmer.elf.elf64 import ElfFile, ElfFormatError
-
-    try:
-        with ElfFile(path) as elf:
-            h = elf.header
-            end = max(
-                h.phoff + h.phnum * h.phentsize,
-                h.shoff + h.shnum * h.shentsize,
-                max((s.file_end for s in elf.sections), default=0),
-                max((s.offset + s.filesz for s in elf.segments), default=0),
-            )
-            blocks = os.fstat(elf.fd).st_blocks * 512
-    except (OSError, ElfFormatError):
-        return None  # a 32-bit or damaged ELF: LIEF decides, as before
-    if size - end <= _TRAILING_SLACK:
+    `strip` would drop the bytes after the ELF's end. None when the ELF fills the file, or when
+    its headers are not ones the triage reads (a 32-bit or damaged ELF: LIEF decides)."""
+    found = triage(path)
+    if found is None or found.size != size or not found.data_beyond:
         return None
-    sparse = " (a sparse file: most of it is a hole)" if blocks < size // 2 else ""
-    return (
-        f"{size - end} bytes after the ELF's end at {end}{sparse}: not analysed, "
-        "and not stripped (strip would drop them)"
-    )
+    return found.beyond_message()
 
 
 def _report(path: str, size: int, binary: Any, lief: Any) -> ElfReport:  # noqa: PLR0912 - one branch per ELF fact read from LIEF
@@ -199,11 +176,10 @@ def _report(path: str, size: int, binary: Any, lief: Any) -> ElfReport:  # noqa:
     found_fatbin: list[tuple[str, memoryview]] = []
     for s in sections:
         name = s.name
-        if name in _STRIPPED_NAMES or name.startswith(_STRIPPED_PREFIXES):
-            if not s.has(lief.ELF.Section.FLAGS.ALLOC):
-                # Its bytes, its section header and its name in .shstrtab go.
-                saving += s.size + header.section_header_size + len(name) + 1
-                has_symtab = True
+        if strip_drops(name, s.has(lief.ELF.Section.FLAGS.ALLOC)):
+            # Its bytes, its section header and its name in .shstrtab go.
+            saving += s.size + header.section_header_size + len(name) + 1
+            has_symtab = True
         elif name == ".gnu_debuglink":
             debuglink = _debuglink(s)
         elif name in fatbin_mod.SECTIONS:

@@ -25,7 +25,9 @@ from slimmer.elf import pool as pool_mod
 from slimmer.elf.analyze import analyse, identity_changes, is_elf
 from slimmer.elf.pool import bounded_map, release_memory
 from slimmer.elf.rewrite import discard, keep_owner, run_jobs, writable
+from slimmer.elf.triage import triage
 from slimmer.errors import CommandError
+from slimmer.model.elf import ElfReport
 from slimmer.model.plan import Skip, StripDecision, Verdict
 
 if TYPE_CHECKING:
@@ -33,7 +35,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from slimmer.model.apply import ApplyResult
-    from slimmer.model.elf import ElfReport
     from slimmer.model.plan import Plan, PlanContext
     from slimmer.walk import Entry
 
@@ -81,6 +82,7 @@ def check_stripped(before: ElfReport, after: ElfReport | None) -> str | None:
 class _Job:
     path: str
     size: int
+    trial: bool = True  # strip a patchelf-rewritten file into a scratch copy and check it now
 
 
 @dataclass(frozen=True)
@@ -88,15 +90,44 @@ class _Outcome:
     report: ElfReport | None
     trial_error: str | None = None
     trial_size: int = 0
+    by_headers: bool = False  # settled by the triage of the headers; LIEF did not read the file
+    trial_run: bool = False  # a patchelf-rewritten file was stripped into a scratch copy and checked
+
+
+def _settled_by_headers(path: str) -> _Outcome | None:
+    """The outcome when the file's headers alone settle the decision (`slimmer.elf.triage`): it is
+    already stripped, strip would save too little to matter, or its file holds data past the ELF.
+    The report then carries only what the headers say; nothing reads it further, because only a
+    file that is stripped needs LIEF's analysis of record (the check after the strip compares
+    with it). None when LIEF must read the file."""
+    found = triage(path)
+    if found is None or not found.whole:
+        return None
+    if found.data_beyond:
+        return _Outcome(ElfReport(path=path, size=found.size, error=found.beyond_message()), by_headers=True)
+    if not found.strippable or found.strip_saving < MIN_SAVING:
+        report = ElfReport(
+            path=path,
+            size=found.size,
+            stripped=not found.strippable,
+            strip_saving=found.strip_saving,
+            sections=found.sections,
+        )
+        return _Outcome(report, by_headers=True)
+    return None
 
 
 def _analyse_job(job: _Job) -> _Outcome:
-    """Analyse one file; one that patchelf rewrote is also stripped into a scratch file outside
-    the root and checked like the real strip, so the plan knows whether stripping it is safe."""
+    """Analyse one file: its headers first, and LIEF when they do not settle it. One that patchelf
+    rewrote is also stripped into a scratch file outside the root and checked like the real strip,
+    so the plan knows whether stripping it is safe."""
+    settled = _settled_by_headers(job.path)
+    if settled is not None:
+        return settled
     report = analyse(job.path)
     if report is None or report.error or report.stripped or not report.patchelf_signs:
         return _Outcome(report)
-    if report.strip_saving < MIN_SAVING:
+    if report.strip_saving < MIN_SAVING or not job.trial:
         return _Outcome(report)
     release_memory()  # the parsed original is gone; strip needs about the file size again
     scratch = tempfile.mkdtemp(prefix="slimmer-strip-")
@@ -106,7 +137,7 @@ def _analyse_job(job: _Job) -> _Outcome:
         if failure:
             return _Outcome(report, failure)
         after = analyse(dest)
-        return _Outcome(report, check_stripped(report, after), after.size if after else 0)
+        return _Outcome(report, check_stripped(report, after), after.size if after else 0, trial_run=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -146,7 +177,10 @@ def decide(  # noqa: PLR0911 - one return per Skip reason, in the order they are
     if outcome.trial_error:
         return skip(Skip.CHECK_FAILED, outcome.trial_error)
     saving = entry.size - outcome.trial_size if outcome.trial_size else report.strip_saving
-    detail = "patchelf-rewritten, trial strip checked" if report.patchelf_signs else ""
+    detail = ""
+    if report.patchelf_signs:
+        checked = "trial strip checked" if outcome.trial_run else "checked after the strip"
+        detail = f"patchelf-rewritten, {checked}"
     return StripDecision(entry.rel, dist, entry.size, Verdict.STRIP, saving, None, detail, rule, report)
 
 
@@ -155,9 +189,9 @@ class Analysis:
     goes on (the plan starts it before its protectors run, on the files a strip rule selects then:
     protectors only keep more, so those stay selected). `outcomes` waits for it to end."""
 
-    def __init__(self, root: str, rels: Iterable[str], sizes: dict[str, int]) -> None:
+    def __init__(self, root: str, rels: Iterable[str], sizes: dict[str, int], *, trial: bool = True) -> None:
         self.paths = {rel: os.path.join(root, rel) for rel in rels}
-        self._jobs = [_Job(path, sizes[rel]) for rel, path in self.paths.items() if is_elf(path)]
+        self._jobs = [_Job(path, sizes[rel], trial) for rel, path in self.paths.items() if is_elf(path)]
         self._outcomes: dict[str, _Outcome] = {}
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="slimmer-elf-analysis", daemon=True)
@@ -178,18 +212,23 @@ class Analysis:
         return self._outcomes
 
 
-def start_analysis(ctx: PlanContext, rels: Iterable[str]) -> Analysis | None:
+def start_analysis(ctx: PlanContext, rels: Iterable[str], *, trial: bool = True) -> Analysis | None:
     """Analyse `rels` in the background when a shared worker pool runs (else None: `plan_strips`
     analyses everything itself, as a background thread would only compete with the caller)."""
     if not pool_mod.shared_active():
         return None
     sizes = {rel: ctx.by_rel[rel].size for rel in rels}
-    return Analysis(os.fspath(ctx.tree.root), sizes, sizes)
+    return Analysis(os.fspath(ctx.tree.root), sizes, sizes, trial=trial)
 
 
-def plan_strips(ctx: PlanContext, selected: dict[str, str], early: Analysis | None = None) -> list[StripDecision]:
+def plan_strips(
+    ctx: PlanContext, selected: dict[str, str], early: Analysis | None = None, *, trial: bool = True
+) -> list[StripDecision]:
     """Decisions for the files `selected` ({rel: strip rule file:line}); reads only. `early` is an
-    analysis started before (of some of them): only the others are analysed now."""
+    analysis started before (of some of them): only the others are analysed now. `trial`: strip
+    each patchelf-rewritten file into a scratch copy and check it now (`slimmer plan`, which must
+    predict); without it the check runs on the real strip (`slimmer apply`, which would strip the
+    file twice otherwise), and a file that fails it is left as it is then."""
     root = os.fspath(ctx.tree.root)
     links = ctx.tree.links_inside()
     outcomes_by_path = early.outcomes() if early is not None else {}
@@ -202,7 +241,7 @@ def plan_strips(ctx: PlanContext, selected: dict[str, str], early: Analysis | No
         path = os.path.join(root, rel)
         if not is_elf(path):
             continue
-        jobs.append(_Job(path, entry.size))
+        jobs.append(_Job(path, entry.size, trial))
     for job, outcome in bounded_map(_analyse_job, jobs, cost=lambda j: j.size):
         outcomes_by_path[job.path] = outcome
     decisions = []

@@ -168,7 +168,12 @@ def _plan_and_apply(copy: EnvCopy, req: SlimRequest) -> tuple[Plan, ApplyResult]
     if req.keep:
         ruleset = ruleset.with_keep(req.keep)
     plan = make_plan(
-        copy.local, ruleset, protectors=default_protectors(), progress=Progress.for_terminal("scanning"), gpu=req.gpu
+        copy.local,
+        ruleset,
+        protectors=default_protectors(),
+        progress=Progress.for_terminal("scanning"),
+        gpu=req.gpu,
+        trial_strips=False,  # applied at once: the real strip is the check
     )
     result = apply_plan(
         plan, commit=False, rewriters=default_rewriters(req.gpu), progress=Progress.for_terminal("removing")
