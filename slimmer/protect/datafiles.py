@@ -122,20 +122,38 @@ def _clean(value: str) -> str:
 def _text_literals(source: bytes, names: frozenset[bytes]) -> list[_Hit]:
     """Quoted single-line literals found by a regular expression (a superset of the real ones), with
     their lines: those whose last part (as a path, or as a dotted package), folder or suffix is one
-    of `names`, and the other literals of their lines (`os.path.join(here, "data", "fonts", n)`)."""
-    found: list[tuple[int, int, bytes]] = []
-    hit_lines: set[int] = set()
-    line, counted = 1, 0
+    of `names`, and the other literals of their lines (`os.path.join(here, "data", "fonts", n)`).
+    Lines are counted only for the lines that hold a hit (most files have none)."""
+    found: list[tuple[int, bytes]] = []
+    hit_spans: list[tuple[int, int]] = []  # (start, end) of each line with a hit, in order
     for m in _LITERAL.finditer(source):
         literal = (m[1] or m[2]).strip().rstrip(b"/")
-        line += source.count(b"\n", counted, m.start())
-        counted = m.start()
-        found.append((line, m.start(), literal))
+        start = m.start()
+        found.append((start, literal))
         head, _, last = literal.rpartition(b"/")
         tail = last.rpartition(b".")[2]
         if last in names or tail in names or b"." + tail in names or head.rpartition(b"/")[2] in names:
-            hit_lines.add(line)
-    return [_Hit(lit.decode("utf-8", "replace"), ln, col) for ln, col, lit in found if ln in hit_lines]
+            if hit_spans and start < hit_spans[-1][1]:
+                continue  # on a line already hit
+            line_start = source.rfind(b"\n", 0, start) + 1
+            line_end = source.find(b"\n", start)
+            hit_spans.append((line_start, len(source) if line_end < 0 else line_end))
+    if not hit_spans:
+        return []
+    hits: list[_Hit] = []
+    span = 0
+    line, counted = 1, 0
+    for start, literal in found:
+        while span < len(hit_spans) and start >= hit_spans[span][1]:
+            span += 1
+        if span == len(hit_spans):
+            break
+        if start < hit_spans[span][0]:
+            continue
+        line += source.count(b"\n", counted, start)
+        counted = start
+        hits.append(_Hit(literal.decode("utf-8", "replace"), line, start))
+    return hits
 
 
 def _ast_literals(source: bytes) -> list[_Hit] | None:
