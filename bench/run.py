@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `bench` importable
@@ -49,6 +49,8 @@ class Env:
     count: TreeCount | None = None
     largest_elf: tuple[str, int] = ("", 0)
     skipped: str = ""  # why it was not measured
+    plan_alone: list[float] = field(default_factory=list)  # `slimmer plan --rules default` on the cached env, s
+    cuda: bool = False  # torch's CUDA library is there (device code to prune)
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ class Run:
     before: TreeCount
     after: TreeCount
     log_tail: str = ""
+    plan_s: float = 0.0  # slimmer's own split of the wall time ("Took ... (plan X s, apply Y s)")
+    apply_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,32 @@ class Result:
     runs: list[Run] = field(default_factory=list)
     checks: dict[str, Check] = field(default_factory=dict)
     verify: list[Run] = field(default_factory=list)  # `slimmer verify` after the apply, timed on its own
+
+
+_TOOK = re.compile(r"Took [\d.]+ s \(plan ([\d.]+) s, apply ([\d.]+) s\)")
+
+
+def _split(log: Path) -> tuple[float, float]:
+    """(plan s, apply s) as slimmer's apply reports them at its end; (0, 0) for other commands."""
+    found = _TOOK.findall(log.read_text(errors="replace"))
+    return (float(found[-1][0]), float(found[-1][1])) if found else (0.0, 0.0)
+
+
+def plan_alone(env: Env, slimmer: list[str], repeat: int, scratch: Path) -> list[float]:
+    """Wall times of `slimmer plan --rules default` on the cached environment (plan only reads): one
+    untimed run first, so the page cache is warm as in every apply run."""
+    cmd = [*slimmer, "plan", "--rules", "default", env.path]
+    log = scratch / "plan.log"
+    walls = []
+    for n in range(repeat + 1):
+        timed = timed_run(cmd, log=log, cwd=scratch)
+        if timed.returncode != 0:
+            _log(f"[{env.name}] plan alone failed (exit {timed.returncode}): {_tail(log, 3)}")
+            return []
+        if n:
+            walls.append(round(timed.wall_s, 3))
+    _log(f"[{env.name}] plan alone: {', '.join(f'{w:.1f}' for w in walls)} s")
+    return walls
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -115,6 +145,7 @@ def env_info(name: str, path: Path, scratch: Path) -> Env:
         checks=info["checks"],
         count=count_tree(path),
         largest_elf=largest_elf(path),
+        cuda=any(path.glob("lib/python3*/site-packages/torch/lib/libtorch_cuda.so")),
     )
 
 
@@ -219,6 +250,7 @@ def bench_env(
                     log = scratch / "command.log"
                     timed = timed_run(cmd, log=log, cwd=scratch)
                     tail = _tail(log) if timed.returncode != 0 else ""
+                    plan_s, apply_s = _split(log)
                     run = Run(
                         timed.returncode,
                         timed.wall_s,
@@ -227,6 +259,8 @@ def bench_env(
                         before,
                         count_tree(copy),
                         tail,
+                        plan_s,
+                        apply_s,
                     )
                 else:
                     run = Run(0, 0.0, 0, 0, before, before)
@@ -413,8 +447,13 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, PLR0915 - the 
                     f"{env.count.disk_bytes * 1.3 / 1e9:.1f} GB"
                 )
                 return 1
+            if any(v in SLIMMER_VARIANTS for v in variants):
+                scratch = work / "plan"
+                scratch.mkdir(exist_ok=True)
+                envs[-1] = replace(env, plan_alone=plan_alone(env, slimmer, args.repeat, scratch))
+                shutil.rmtree(scratch, ignore_errors=True)
             results += bench_env(
-                env,
+                envs[-1],
                 variants,
                 args.repeat,
                 slimmer,

@@ -88,6 +88,11 @@ def test_table_json_and_markdown_are_written(bench_run):
     assert "GNU strip" in data["versions"]["binutils"]
     assert [r["variant"] for r in data["results"]] == ["original", "seed", "default"]
     assert "PASS  small-env: every check passes after --rules default" in proc.stdout
+    # slimmer's own split of each apply's time, and the plan alone on the untouched environment
+    for run in data["results"][2]["runs"]:
+        assert run["plan_s"] > 0 and run["apply_s"] > 0 and run["plan_s"] + run["apply_s"] <= run["wall_s"]
+    assert len(data["envs"][0]["plan_alone"]) == 2 and all(w > 0 for w in data["envs"][0]["plan_alone"])
+    assert "small-env: plan alone" in proc.stdout
     if not any("`slimmer verify` not timed" in note for note in data["notes"]):
         default = data["results"][2]
         assert [v["returncode"] for v in default["verify"]] == [0, 0]  # timed on its own, on each run
@@ -146,7 +151,7 @@ def _result(variant, removed, wall, tree_mb, checks):
     return {"env": "e", "variant": variant, "runs": [run], "verify": [], "checks": checks}
 
 
-def test_goals_pass_and_fail_as_issue_7_says():
+def test_goals_pass_and_fail_as_issues_7_and_15_say():
     ok = {"import torch": {"status": "ok"}, "torch.compile": {"status": "ok"}}
     no_compile = {"import torch": {"status": "ok"}, "torch.compile": {"status": "FAIL"}}
     env = {"name": "e", "skipped": "", "checks": ["import torch", "torch.compile"], "largest_elf": ["lib.so", 300e6]}
@@ -174,3 +179,16 @@ def test_goals_pass_and_fail_as_issue_7_says():
     assert status("e: every check passes after --rules default (failed: torch.compile") == ["FAIL"]
     data["envs"].append({"name": "x", "skipped": "missing: run make envs", "checks": [], "largest_elf": ["", 0]})
     assert status("x: not measured (missing: run make envs)") == ["FAIL"]
+    # issue 15: the runtime profile may take up to 1.1 times the seed's time; default 1.0
+    data["results"][2] = _result("runtime", 600e6, 10.5, 100, ok)
+    assert status("e runtime: median time 10.5 s / seed 10.0 s = 1.05 (goal <= 1.1)") == ["PASS"]
+    data["results"][1] = _result("default", 100e6, 10.5, 450, ok)
+    assert status("e default: median time 10.5 s / seed 10.0 s = 1.05 (goal <= 1.0)") == ["FAIL"]
+    # the plan alone: under 5 s on the CUDA environment; a figure only elsewhere
+    env["plan_alone"] = [6.0, 4.0, 4.5]
+    env["cuda"] = True
+    assert status("e: plan alone 4.5 s (6.0, 4.0, 4.5) (goal < 5 s") == ["PASS"]
+    env["plan_alone"] = [6.0, 5.5, 4.5]
+    assert status("e: plan alone 5.5 s") == ["FAIL"]
+    env["cuda"] = False
+    assert status("e: plan alone 5.5 s") == ["PASS"]
