@@ -16,11 +16,12 @@ import secrets
 import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from slimmer.errors import NothingToCommitError, NothingToUndoError, StateConflictError
 from slimmer.journal import DIR_FLAGS, Journal, RunState, root_lock, safe_rel
-from slimmer.model.apply import ApplyResult, Rewriter
+from slimmer.model.apply import ApplyResult, NewVersion, RewriteInput, RewriteOutcome, Rewritten
 from slimmer.mounts import holds_mount, mount_points_under
 from slimmer.progress import Progress
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from pathlib import Path
 
+    from slimmer.model.apply import Rewriter
     from slimmer.model.plan import Plan
 
 BATCH = 512
@@ -310,8 +312,9 @@ def apply_plan(
         mover = _Mover(root, journal)
         try:
             _stage_all(plan, result, journal, mover, progress or Progress.quiet())
+            prior: dict[str, NewVersion] = {}  # what the rewriters so far put in place
             for rewriter in rewriters:
-                _run_rewriter(rewriter, plan, result, journal, mover)
+                _run_rewriter(rewriter, plan, prior, result, journal, mover)
         finally:
             mover.close()
         journal.append([{"op": "staged", "count": result.staged}])
@@ -349,7 +352,11 @@ def _stage_all(plan: Plan, result: ApplyResult, journal: Journal, mover: _Mover,
     bar.done()
 
 
-def _run_rewriter(rewriter: Rewriter, plan: Plan, result: ApplyResult, journal: Journal, mover: _Mover) -> None:
+def _run_rewriter(
+    rewriter: Rewriter, plan: Plan, prior: dict[str, NewVersion], result: ApplyResult, journal: Journal, mover: _Mover
+) -> None:
+    """Put each new version `rewriter` yields in place, then fold its outcome into `result` and the
+    files it replaced into `prior` (what the next rewriters are given)."""
     done = result.rewritten.setdefault(rewriter.name, [])
     tmps: dict[str, str] = {}
 
@@ -360,7 +367,13 @@ def _run_rewriter(rewriter: Rewriter, plan: Plan, result: ApplyResult, journal: 
         tmps[rel] = tmp
         return plan.root / tmp
 
-    for rel in rewriter.rewrite(plan, result, tmp_for):
+    run = rewriter.rewrite(RewriteInput(plan, MappingProxyType(dict(prior)), tmp_for))
+    while True:
+        try:
+            rel = next(run)
+        except StopIteration as stop:
+            outcome: RewriteOutcome = stop.value
+            break
         tmp = tmps.pop(rel)
         journal.append([{"op": "move", "rel": rel, "replaced": True}])
         try:
@@ -369,8 +382,11 @@ def _run_rewriter(rewriter: Rewriter, plan: Plan, result: ApplyResult, journal: 
             result.failures.append((rel, f"{rewriter.name}: {exc.strerror or exc}"))
             mover.unlink_tmp(tmp)
             continue
-        done.append((rel, old_size, new_size))
+        done.append(Rewritten(rel, old_size, new_size))
         result.freed += max(0, old_size - new_size)
+    result.skipped.setdefault(rewriter.name, []).extend(outcome.skipped)
+    for rel, _, _ in done:
+        prior[rel] = NewVersion(rewriter.name, outcome.digests.get(rel))
 
 
 def _commit(journal: Journal, notes: list[str] | None = None) -> None:

@@ -29,12 +29,11 @@ from slimmer.errors import CommandError
 from slimmer.model.plan import Skip, StripDecision, Verdict
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
-    from pathlib import Path
+    from collections.abc import Generator, Iterable
 
-    from slimmer.model.apply import ApplyResult
+    from slimmer.model.apply import RewriteInput, RewriteOutcome
     from slimmer.model.elf import ElfReport
-    from slimmer.model.plan import Plan, PlanContext
+    from slimmer.model.plan import PlanContext
     from slimmer.walk import Entry
 
 MIN_SAVING = 1024  # bytes: rewriting a library for less is not worth a new inode
@@ -249,10 +248,11 @@ class Stripper:
     def __init__(self, *, jobs: int | None = None) -> None:
         self.jobs = jobs
 
-    def rewrite(self, plan: Plan, result: ApplyResult, tmp_for: Callable[[str], Path]) -> Iterable[str]:
+    def rewrite(self, given: RewriteInput) -> Generator[str, None, RewriteOutcome]:
         from slimmer.targets import file_under
 
-        skipped = result.skipped.setdefault(self.name, [])
+        plan = given.plan
+        skipped: list[tuple[str, str]] = []
         work = []
         for d in plan.strips:
             if d.verdict is not Verdict.STRIP or d.report is None:
@@ -261,5 +261,5 @@ class Stripper:
             if src is None:
                 skipped.append((d.rel, "no longer a file under the root"))
                 continue
-            work.append(_StripJob(src, os.fspath(tmp_for(d.rel)), d.size, d.report))
-        yield from run_jobs(_strip_job, work, root=plan.root, result=result, skipped=skipped, jobs=self.jobs)
+            work.append(_StripJob(src, os.fspath(given.tmp_for(d.rel)), d.size, d.report))
+        return (yield from run_jobs(_strip_job, work, root=plan.root, skipped=skipped, jobs=self.jobs))
