@@ -1,6 +1,6 @@
 """After apply, make a conda prefix's package records (`conda-meta/*.json`) agree with the disk again.
 
-What `records.RecordRewriter` does for pip's RECORD, for conda: in each record of a package that
+What `rewriters.records.RecordRewriter` does for pip's RECORD, for conda: in each record of a package that
 lost files or had files rewritten (a stripped library), `files` drops the paths that are gone and
 `paths_data.paths` drops their entries and gives each rewritten file its new `sha256` (hex) and
 `size_in_bytes` (and `sha256_in_prefix` where conda wrote it). Only paths this run removed are
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from slimmer.dists import record_hash
 from slimmer.model.apply import RewriteOutcome
-from slimmer.protect.records import known_hash, write_synced
+from slimmer.rewriters.records import known_hash, write_synced
 from slimmer.safe_read import read_regular
 
 if TYPE_CHECKING:
