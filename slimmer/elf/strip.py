@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from slimmer.model.apply import RewriteInput, RewriteOutcome
     from slimmer.model.elf import ElfReport
     from slimmer.model.plan import PlanContext
+    from slimmer.rules import Rule
     from slimmer.walk import Entry
 
 MIN_SAVING = 1024  # bytes: rewriting a library for less is not worth a new inode
@@ -116,7 +117,7 @@ def decide(  # noqa: PLR0911 - one return per Skip reason, in the order they are
     *,
     links_inside: int,
     dist: str,
-    rule: str,
+    rule: Rule | None,
 ) -> StripDecision:
     """The verdict for one file from its walk entry and analysis."""
     report = outcome.report
@@ -186,8 +187,8 @@ def start_analysis(ctx: PlanContext, rels: Iterable[str]) -> Analysis | None:
     return Analysis(os.fspath(ctx.tree.root), sizes, sizes)
 
 
-def plan_strips(ctx: PlanContext, selected: dict[str, str], early: Analysis | None = None) -> list[StripDecision]:
-    """Decisions for the files `selected` ({rel: strip rule file:line}); reads only. `early` is an
+def plan_strips(ctx: PlanContext, selected: dict[str, Rule], early: Analysis | None = None) -> list[StripDecision]:
+    """Decisions for the files `selected` ({rel: the strip rule that selects it}); reads only. `early` is an
     analysis started before (of some of them): only the others are analysed now."""
     root = os.fspath(ctx.tree.root)
     links = ctx.tree.links_inside()
