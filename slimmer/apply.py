@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from slimmer.errors import NothingToCommitError, NothingToUndoError, StateConflictError
-from slimmer.journal import DIR_FLAGS, Journal, RunState, root_lock, safe_rel
+from slimmer.journal import Journal, RunState, open_dir, root_lock, safe_rel
 from slimmer.model.apply import ApplyResult, NewVersion, RewriteInput, RewriteOutcome, Rewritten
 from slimmer.mounts import holds_mount, mount_points_under
 from slimmer.progress import Progress
@@ -38,23 +38,6 @@ TMP_MARK = ".slimmer-tmp"
 
 ROOT, STAGED = 0, 1
 _TMP_NAME = re.compile(r"^\..+\.[0-9a-f]{12}" + re.escape(TMP_MARK) + "$")
-
-
-def _open_dir(parent_fd: int, name: str, dev: int, *, create: bool) -> int:
-    """Open folder `name` of `parent_fd` without following a link; it must be on device `dev`."""
-    if create:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(name, 0o755, dir_fd=parent_fd)
-    try:
-        fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise OSError(errno.ENOTDIR, f"{name} is no longer a real folder under the root") from None
-        raise
-    if os.fstat(fd).st_dev != dev:
-        os.close(fd)
-        raise OSError(errno.EXDEV, f"{name} is on another file system (a mount point): left in place")
-    return fd
 
 
 class _Mover:
@@ -100,7 +83,7 @@ class _Mover:
         fd = base
         try:
             for part in rel_dir.split("/") if rel_dir else ():
-                child = _open_dir(fd, part, self.dev, create=create)
+                child = open_dir(fd, part, dev=self.dev, create=create)
                 if fd != base:
                     os.close(fd)
                 fd = child
@@ -224,7 +207,7 @@ class _Mover:
                 else:
                     restored += 1
             elif stat.S_ISDIR(st.st_mode) and stat.S_ISDIR(there.st_mode):
-                child = _open_dir(sfd, name, self.dev, create=False)
+                child = open_dir(sfd, name, dev=self.dev, create=False)
                 try:
                     n, more = self._sweep(rel, child)
                 finally:
@@ -259,9 +242,9 @@ def _move_at(src_fd: int, src: str, dst_fd: int, dst: str, dev: int) -> None:
                 raise
         except FileNotFoundError:
             os.mkdir(dst, 0o700, dir_fd=dst_fd)
-        sfd = _open_dir(src_fd, src, dev, create=False)
+        sfd = open_dir(src_fd, src, dev=dev, create=False)
         try:
-            dfd = _open_dir(dst_fd, dst, dev, create=False)
+            dfd = open_dir(dst_fd, dst, dev=dev, create=False)
             try:
                 for name in os.listdir(sfd):
                     _move_at(sfd, name, dfd, name, dev)
@@ -414,7 +397,7 @@ def _remove_at(parent_fd: int, name: str, dev: int) -> int:
             return 0
         if st.st_dev != dev:
             return 1
-        fd = _open_dir(parent_fd, name, dev, create=False)
+        fd = open_dir(parent_fd, name, dev=dev, create=False)
     except FileNotFoundError:
         return 0
     except OSError:
@@ -437,7 +420,7 @@ def _delete_tree(parent_fd: int, name: str, threads: int = 4) -> int:
     Returns the number of entries left (on another file system, or undeletable)."""
     dev = os.fstat(parent_fd).st_dev
     try:
-        top = _open_dir(parent_fd, name, dev, create=False)
+        top = open_dir(parent_fd, name, dev=dev, create=False)
     except FileNotFoundError:
         return 0
     opened = [top]
@@ -447,7 +430,7 @@ def _delete_tree(parent_fd: int, name: str, threads: int = 4) -> int:
         while i < len(frontier) and len(frontier) < 8 * threads:
             fd, child = frontier[i]
             try:
-                sub = _open_dir(fd, child, dev, create=False)
+                sub = open_dir(fd, child, dev=dev, create=False)
             except OSError:
                 i += 1  # a file, a link or another file system: deleted (or left) as it is
                 continue
