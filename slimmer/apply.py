@@ -17,7 +17,7 @@ import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from slimmer.errors import NothingToCommitError, NothingToUndoError, StateConflictError
 from slimmer.journal import Journal, RunState, open_dir, root_lock, safe_rel
@@ -444,47 +444,61 @@ def _delete_tree(parent_fd: int, name: str, threads: int = 4) -> int:
     return _remove_at(parent_fd, name, dev)
 
 
-def _undo(root: Path, journal: Journal, notes: list[str] | None = None) -> tuple[int, list[tuple[str, str]]]:  # noqa: PLR0912 - each journal record kind and leftover case is one visible branch
+def _undo(root: Path, journal: Journal, notes: list[str] | None = None) -> tuple[int, list[tuple[str, str]]]:
     """Put back what the run staged. Never deletes an original: what cannot go back stays staged."""
-    problems: list[tuple[str, str]] = []
-    restored = 0
     records = journal.records()
     if notes is not None:
         notes.extend(journal.damaged)
     mover = _Mover(root, journal)
     try:
-        for tmp in (r["rel"] for r in records if r["op"] == "tmp"):
-            mover.unlink_tmp(tmp)  # a new version that was never swapped in
-        moved = [r["rel"] for r in records if r["op"] == "move"]
-        for rel in reversed(moved):
-            if not mover.staged_exists(rel):
-                continue  # never staged (failed, or the run was killed before it)
-            try:
-                mover.restore(rel)
-            except OSError as exc:
-                problems.append((rel, exc.strerror or str(exc)))
-            else:
-                restored += 1
-        if not problems:
-            swept, problems = mover.sweep()
-            restored += swept
+        restored, problems = _put_back(mover, records)
     finally:
         mover.close()
     if not problems:
-        run = journal.open_folder()
-        try:
-            os.rmdir("staged", dir_fd=run)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            problems.append(("(staging folder)", exc.strerror or str(exc)))
-        finally:
-            os.close(run)
+        problems = _remove_staging(journal)
     if problems:
         journal.append([{"op": "undo-failed", "rel": r, "error": e} for r, e in problems if safe_rel(r)])
-        return restored, problems
-    journal.set_state(RunState.UNDONE)
+    else:
+        journal.set_state(RunState.UNDONE)
     return restored, problems
+
+
+def _put_back(mover: _Mover, records: list[dict[str, Any]]) -> tuple[int, list[tuple[str, str]]]:
+    """Undo the journal's records: delete each new version that was never swapped in, then move each
+    staged original back, newest first (one never staged, because it failed or the run was killed
+    before it, is passed over); then, if all went back, whatever the staging folder still holds
+    (originals whose records were damaged). Returns (items restored, what stays staged and why)."""
+    for tmp in (r["rel"] for r in records if r["op"] == "tmp"):
+        mover.unlink_tmp(tmp)
+    problems: list[tuple[str, str]] = []
+    restored = 0
+    for rel in reversed([r["rel"] for r in records if r["op"] == "move"]):
+        if not mover.staged_exists(rel):
+            continue
+        try:
+            mover.restore(rel)
+        except OSError as exc:
+            problems.append((rel, exc.strerror or str(exc)))
+        else:
+            restored += 1
+    if problems:
+        return restored, problems
+    swept, problems = mover.sweep()
+    return restored + swept, problems
+
+
+def _remove_staging(journal: Journal) -> list[tuple[str, str]]:
+    """Remove the run's staging folder, emptied by the undo: [] or why it stays."""
+    run = journal.open_folder()
+    try:
+        os.rmdir("staged", dir_fd=run)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        return [("(staging folder)", exc.strerror or str(exc))]
+    finally:
+        os.close(run)
+    return []
 
 
 def undo(root: Path, *, wait: float = 0.0, notes: list[str] | None = None) -> tuple[str, int, list[tuple[str, str]]]:

@@ -149,3 +149,31 @@ def test_a_file_no_earlier_rewriter_replaced_keeps_its_record_row(env, tmp_path)
     old = _rows(env)["pkg/lib.so"]
     apply_plan(_plan(env, tmp_path), commit=False, rewriters=default_rewriters()[1:])
     assert _rows(env)["pkg/lib.so"] == old
+
+
+class Dies:
+    """Replaces `__init__.py`, then writes a second new version and dies before yielding it (as a
+    killed run would leave it: journaled temporary file on disk, never swapped in)."""
+
+    name = "dies"
+
+    def rewrite(self, given: RewriteInput) -> Generator[str, None, RewriteOutcome]:
+        for rel, last in ((f"{SP}/pkg/__init__.py", False), (LIB, True)):
+            given.tmp_for(rel).write_bytes(b"half-written")
+            if last:
+                raise RuntimeError("killed")
+            yield rel
+        return RewriteOutcome()
+
+
+def test_undo_after_a_rewriter_died_restores_every_original_and_deletes_the_orphan(env, tmp_path):
+    before = snapshot(env)
+    with pytest.raises(RuntimeError, match="killed"):
+        apply_plan(_plan(env, tmp_path), commit=False, rewriters=(Dies(),))
+    assert (env / f"{SP}/pkg/__init__.py").read_bytes() == b"half-written"  # swapped in
+    assert not (env / f"{SP}/pkg/README.md").exists()  # staged
+    assert any(p.name.endswith(".slimmer-tmp") for p in (env / SP / "pkg").iterdir())  # the orphan
+    _, restored, problems = undo(env)
+    assert problems == []
+    assert restored == 2  # README.md and the original __init__.py
+    assert snapshot(env) == before
