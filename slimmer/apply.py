@@ -16,11 +16,12 @@ import secrets
 import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 from slimmer.errors import NothingToCommitError, NothingToUndoError, StateConflictError
-from slimmer.journal import DIR_FLAGS, Journal, RunState, root_lock, safe_rel
-from slimmer.model.apply import ApplyResult, Rewriter
+from slimmer.journal import Journal, RunState, open_dir, root_lock, safe_rel
+from slimmer.model.apply import ApplyResult, NewVersion, RewriteInput, RewriteOutcome, Rewritten
 from slimmer.mounts import holds_mount, mount_points_under
 from slimmer.progress import Progress
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from pathlib import Path
 
+    from slimmer.model.apply import Rewriter
     from slimmer.model.plan import Plan
 
 BATCH = 512
@@ -36,23 +38,6 @@ TMP_MARK = ".slimmer-tmp"
 
 ROOT, STAGED = 0, 1
 _TMP_NAME = re.compile(r"^\..+\.[0-9a-f]{12}" + re.escape(TMP_MARK) + "$")
-
-
-def _open_dir(parent_fd: int, name: str, dev: int, *, create: bool) -> int:
-    """Open folder `name` of `parent_fd` without following a link; it must be on device `dev`."""
-    if create:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(name, 0o755, dir_fd=parent_fd)
-    try:
-        fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise OSError(errno.ENOTDIR, f"{name} is no longer a real folder under the root") from None
-        raise
-    if os.fstat(fd).st_dev != dev:
-        os.close(fd)
-        raise OSError(errno.EXDEV, f"{name} is on another file system (a mount point): left in place")
-    return fd
 
 
 class _Mover:
@@ -98,7 +83,7 @@ class _Mover:
         fd = base
         try:
             for part in rel_dir.split("/") if rel_dir else ():
-                child = _open_dir(fd, part, self.dev, create=create)
+                child = open_dir(fd, part, dev=self.dev, create=create)
                 if fd != base:
                     os.close(fd)
                 fd = child
@@ -222,7 +207,7 @@ class _Mover:
                 else:
                     restored += 1
             elif stat.S_ISDIR(st.st_mode) and stat.S_ISDIR(there.st_mode):
-                child = _open_dir(sfd, name, self.dev, create=False)
+                child = open_dir(sfd, name, dev=self.dev, create=False)
                 try:
                     n, more = self._sweep(rel, child)
                 finally:
@@ -257,9 +242,9 @@ def _move_at(src_fd: int, src: str, dst_fd: int, dst: str, dev: int) -> None:
                 raise
         except FileNotFoundError:
             os.mkdir(dst, 0o700, dir_fd=dst_fd)
-        sfd = _open_dir(src_fd, src, dev, create=False)
+        sfd = open_dir(src_fd, src, dev=dev, create=False)
         try:
-            dfd = _open_dir(dst_fd, dst, dev, create=False)
+            dfd = open_dir(dst_fd, dst, dev=dev, create=False)
             try:
                 for name in os.listdir(sfd):
                     _move_at(sfd, name, dfd, name, dev)
@@ -310,8 +295,9 @@ def apply_plan(
         mover = _Mover(root, journal)
         try:
             _stage_all(plan, result, journal, mover, progress or Progress.quiet())
+            prior: dict[str, NewVersion] = {}  # what the rewriters so far put in place
             for rewriter in rewriters:
-                _run_rewriter(rewriter, plan, result, journal, mover)
+                _run_rewriter(rewriter, plan, prior, result, journal, mover)
         finally:
             mover.close()
         journal.append([{"op": "staged", "count": result.staged}])
@@ -349,7 +335,11 @@ def _stage_all(plan: Plan, result: ApplyResult, journal: Journal, mover: _Mover,
     bar.done()
 
 
-def _run_rewriter(rewriter: Rewriter, plan: Plan, result: ApplyResult, journal: Journal, mover: _Mover) -> None:
+def _run_rewriter(
+    rewriter: Rewriter, plan: Plan, prior: dict[str, NewVersion], result: ApplyResult, journal: Journal, mover: _Mover
+) -> None:
+    """Put each new version `rewriter` yields in place, then fold its outcome into `result` and the
+    files it replaced into `prior` (what the next rewriters are given)."""
     done = result.rewritten.setdefault(rewriter.name, [])
     tmps: dict[str, str] = {}
 
@@ -360,7 +350,13 @@ def _run_rewriter(rewriter: Rewriter, plan: Plan, result: ApplyResult, journal: 
         tmps[rel] = tmp
         return plan.root / tmp
 
-    for rel in rewriter.rewrite(plan, result, tmp_for):
+    run = rewriter.rewrite(RewriteInput(plan, MappingProxyType(dict(prior)), tmp_for))
+    while True:
+        try:
+            rel = next(run)
+        except StopIteration as stop:
+            outcome: RewriteOutcome = stop.value
+            break
         tmp = tmps.pop(rel)
         journal.append([{"op": "move", "rel": rel, "replaced": True}])
         try:
@@ -369,8 +365,11 @@ def _run_rewriter(rewriter: Rewriter, plan: Plan, result: ApplyResult, journal: 
             result.failures.append((rel, f"{rewriter.name}: {exc.strerror or exc}"))
             mover.unlink_tmp(tmp)
             continue
-        done.append((rel, old_size, new_size))
+        done.append(Rewritten(rel, old_size, new_size))
         result.freed += max(0, old_size - new_size)
+    result.skipped.setdefault(rewriter.name, []).extend(outcome.skipped)
+    for rel, _, _ in done:
+        prior[rel] = NewVersion(rewriter.name, outcome.digests.get(rel))
 
 
 def _commit(journal: Journal, notes: list[str] | None = None) -> None:
@@ -398,7 +397,7 @@ def _remove_at(parent_fd: int, name: str, dev: int) -> int:
             return 0
         if st.st_dev != dev:
             return 1
-        fd = _open_dir(parent_fd, name, dev, create=False)
+        fd = open_dir(parent_fd, name, dev=dev, create=False)
     except FileNotFoundError:
         return 0
     except OSError:
@@ -421,7 +420,7 @@ def _delete_tree(parent_fd: int, name: str, threads: int = 4) -> int:
     Returns the number of entries left (on another file system, or undeletable)."""
     dev = os.fstat(parent_fd).st_dev
     try:
-        top = _open_dir(parent_fd, name, dev, create=False)
+        top = open_dir(parent_fd, name, dev=dev, create=False)
     except FileNotFoundError:
         return 0
     opened = [top]
@@ -431,7 +430,7 @@ def _delete_tree(parent_fd: int, name: str, threads: int = 4) -> int:
         while i < len(frontier) and len(frontier) < 8 * threads:
             fd, child = frontier[i]
             try:
-                sub = _open_dir(fd, child, dev, create=False)
+                sub = open_dir(fd, child, dev=dev, create=False)
             except OSError:
                 i += 1  # a file, a link or another file system: deleted (or left) as it is
                 continue
@@ -445,47 +444,61 @@ def _delete_tree(parent_fd: int, name: str, threads: int = 4) -> int:
     return _remove_at(parent_fd, name, dev)
 
 
-def _undo(root: Path, journal: Journal, notes: list[str] | None = None) -> tuple[int, list[tuple[str, str]]]:  # noqa: PLR0912 - each journal record kind and leftover case is one visible branch
+def _undo(root: Path, journal: Journal, notes: list[str] | None = None) -> tuple[int, list[tuple[str, str]]]:
     """Put back what the run staged. Never deletes an original: what cannot go back stays staged."""
-    problems: list[tuple[str, str]] = []
-    restored = 0
     records = journal.records()
     if notes is not None:
         notes.extend(journal.damaged)
     mover = _Mover(root, journal)
     try:
-        for tmp in (r["rel"] for r in records if r["op"] == "tmp"):
-            mover.unlink_tmp(tmp)  # a new version that was never swapped in
-        moved = [r["rel"] for r in records if r["op"] == "move"]
-        for rel in reversed(moved):
-            if not mover.staged_exists(rel):
-                continue  # never staged (failed, or the run was killed before it)
-            try:
-                mover.restore(rel)
-            except OSError as exc:
-                problems.append((rel, exc.strerror or str(exc)))
-            else:
-                restored += 1
-        if not problems:
-            swept, problems = mover.sweep()
-            restored += swept
+        restored, problems = _put_back(mover, records)
     finally:
         mover.close()
     if not problems:
-        run = journal.open_folder()
-        try:
-            os.rmdir("staged", dir_fd=run)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            problems.append(("(staging folder)", exc.strerror or str(exc)))
-        finally:
-            os.close(run)
+        problems = _remove_staging(journal)
     if problems:
         journal.append([{"op": "undo-failed", "rel": r, "error": e} for r, e in problems if safe_rel(r)])
-        return restored, problems
-    journal.set_state(RunState.UNDONE)
+    else:
+        journal.set_state(RunState.UNDONE)
     return restored, problems
+
+
+def _put_back(mover: _Mover, records: list[dict[str, Any]]) -> tuple[int, list[tuple[str, str]]]:
+    """Undo the journal's records: delete each new version that was never swapped in, then move each
+    staged original back, newest first (one never staged, because it failed or the run was killed
+    before it, is passed over); then, if all went back, whatever the staging folder still holds
+    (originals whose records were damaged). Returns (items restored, what stays staged and why)."""
+    for tmp in (r["rel"] for r in records if r["op"] == "tmp"):
+        mover.unlink_tmp(tmp)
+    problems: list[tuple[str, str]] = []
+    restored = 0
+    for rel in reversed([r["rel"] for r in records if r["op"] == "move"]):
+        if not mover.staged_exists(rel):
+            continue
+        try:
+            mover.restore(rel)
+        except OSError as exc:
+            problems.append((rel, exc.strerror or str(exc)))
+        else:
+            restored += 1
+    if problems:
+        return restored, problems
+    swept, problems = mover.sweep()
+    return restored + swept, problems
+
+
+def _remove_staging(journal: Journal) -> list[tuple[str, str]]:
+    """Remove the run's staging folder, emptied by the undo: [] or why it stays."""
+    run = journal.open_folder()
+    try:
+        os.rmdir("staged", dir_fd=run)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        return [("(staging folder)", exc.strerror or str(exc))]
+    finally:
+        os.close(run)
+    return []
 
 
 def undo(root: Path, *, wait: float = 0.0, notes: list[str] | None = None) -> tuple[str, int, list[tuple[str, str]]]:

@@ -55,23 +55,40 @@ def _refuse(path: Path | str, why: str) -> UnsafeStateError:
     return UnsafeStateError(f"{path} {why}: slimmer will not use it (check what it holds, remove it, and try again)")
 
 
-def open_verified_dir(parent_fd: int, name: str, *, where: Path | str, dev: int, create: bool = False) -> int:
-    """Open folder `name` of `parent_fd` without following a link (creating it, mode 0700, if
-    `create`); it must be on device `dev`, owned by this user and writable by no one else."""
+def open_dir(parent_fd: int, name: str, *, dev: int, create: bool = False, mode: int = 0o755) -> int:
+    """Open folder `name` of `parent_fd` without following a link (creating it with `mode` first if
+    `create`); it must be on device `dev`. The one way slimmer opens a folder, link by link: a
+    link or a non-folder raises OSError(ENOTDIR), another file system OSError(EXDEV); any other
+    error (FileNotFoundError...) as os.open raised it."""
     if create:
         with contextlib.suppress(FileExistsError):
-            os.mkdir(name, 0o700, dir_fd=parent_fd)
+            os.mkdir(name, mode, dir_fd=parent_fd)
     try:
         fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise OSError(errno.ENOTDIR, f"{name} is no longer a real folder under the root") from None
+        raise
+    if os.fstat(fd).st_dev != dev:
+        os.close(fd)
+        raise OSError(errno.EXDEV, f"{name} is on another file system (a mount point): left in place")
+    return fd
+
+
+def open_verified_dir(parent_fd: int, name: str, *, where: Path | str, dev: int, create: bool = False) -> int:
+    """`open_dir` for slimmer's own state folders (created mode 0700): also owned by this user and
+    writable by no one else, or refused with an `UnsafeStateError`."""
+    try:
+        fd = open_dir(parent_fd, name, dev=dev, create=create, mode=0o700)
+    except OSError as exc:
+        if exc.errno == errno.ENOTDIR:
             raise _refuse(where, "is a link or not a folder") from None
+        if exc.errno == errno.EXDEV:
+            raise _refuse(where, "is on another file system than the root") from None
         raise
     st = os.fstat(fd)
     why = ""
-    if st.st_dev != dev:
-        why = "is on another file system than the root"
-    elif st.st_uid != os.geteuid():
+    if st.st_uid != os.geteuid():
         why = f"is owned by uid {st.st_uid}, not by the user running slimmer (uid {os.geteuid()})"
     elif st.st_mode & 0o022:
         why = f"is writable by others (mode {stat.S_IMODE(st.st_mode):o})"

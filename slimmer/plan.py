@@ -71,30 +71,30 @@ def _ancestors(rel: str) -> list[str]:
     return out
 
 
-def _strip_rules(ctx: PlanContext) -> dict[str, str]:
-    """{rel: strip rule file:line} of the files that a strip rule selects."""
+def _strip_rules(ctx: PlanContext) -> dict[str, Rule]:
+    """{rel: strip rule} of the files that a strip rule selects."""
     from slimmer.rules import Action
 
     if not any(r.action is Action.STRIP for r in ctx.rules.rules):
         return {}
     strippers = ctx.rules.for_action(Action.STRIP)
-    selected: dict[str, str] = {}
+    selected: dict[str, Rule] = {}
     for e in ctx.tree.entries:
         if e.kind is not Kind.FILE:
             continue
         rel_by_base = {b: r for b, r in ctx.layout.relative(e.rel).items() if r}
         rule = strippers.decide(rel_by_base) if rel_by_base else None
         if rule is not None and not rule.negated:
-            selected[e.rel] = rule.where
+            selected[e.rel] = rule
     return selected
 
 
-def _not_removed(selected: dict[str, str], removing: dict[str, Rule]) -> dict[str, str]:
+def _not_removed(selected: dict[str, Rule], removing: dict[str, Rule]) -> dict[str, Rule]:
     """The files of `selected` that no removal takes (neither them nor a folder above them)."""
     return {rel: where for rel, where in selected.items() if not any(a in removing for a in _ancestors(rel))}
 
 
-def _start_strip_analysis(ctx: PlanContext, selected: dict[str, str], *, trial: bool) -> Analysis | None:
+def _start_strip_analysis(ctx: PlanContext, selected: dict[str, Rule], *, trial: bool) -> Analysis | None:
     """Start reading the ELF files in `selected` in the background; the protectors that run
     meanwhile only keep more, so the final selection holds all of them."""
     if not selected:
@@ -105,7 +105,7 @@ def _start_strip_analysis(ctx: PlanContext, selected: dict[str, str], *, trial: 
 
 
 def _plan_strips(
-    ctx: PlanContext, selected: dict[str, str], early: Analysis | None, *, trial: bool
+    ctx: PlanContext, selected: dict[str, Rule], early: Analysis | None, *, trial: bool
 ) -> tuple[StripDecision, ...]:
     """Decisions for the files that a strip rule selects and no removal takes (reads them with LIEF)."""
     if not selected:

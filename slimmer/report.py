@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import humanize
 
+from slimmer.model.plan import Keeper
+
 if TYPE_CHECKING:
     from slimmer.model.apply import ApplyResult
     from slimmer.model.plan import Plan
@@ -54,7 +56,7 @@ def render_plan(plan: Plan, *, top: int = 10, verbose: bool = False) -> str:  # 
         lines.append(f"Kept although a rule matched ({len(plan.kept)}):")
         by: dict[str, list[int]] = {}
         for k in plan.kept:
-            key = k.reason if k.by == "rule" else k.by
+            key = k.reason if k.by is Keeper.RULE else k.label
             by.setdefault(key, [0, 0])
             by[key][0] += 1
             by[key][1] += k.size
@@ -186,7 +188,7 @@ def _strips_to_dict(plan: Plan) -> dict[str, Any]:
                 "reason": d.reason,
                 "bytes": d.saving,
                 "size": d.size,
-                "rule": d.rule,
+                "rule": d.rule.where if d.rule is not None else "",
             }
             for d in plan.strips
         ],
@@ -229,7 +231,7 @@ def plan_to_dict(plan: Plan, *, top: int = 20) -> dict[str, Any]:
                 "path": k.rel,
                 "bytes": k.size,
                 "reason": k.reason,
-                "by": k.by,
+                "by": k.label,
                 "rule": k.rule.where if k.rule else None,
             }
             for k in plan.kept

@@ -217,3 +217,37 @@ def test_the_checker_finds_a_planted_upward_import(tmp_path):
     ]
     with pytest.raises(LookupError, match="slimmer.stray is in no layer"):
         layer_of("slimmer.stray")
+
+
+def rewriter_classes(package: Path, under: str) -> list[str]:
+    """'module.Class' of every class under `under` (a subpackage) that defines `rewrite`: a rewriter."""
+    found = []
+    for name, path in sorted(modules(package).items()):
+        if name != under and not name.startswith(under + "."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ClassDef) and any(
+                isinstance(f, ast.FunctionDef) and f.name == "rewrite" for f in node.body
+            ):
+                found.append(f"{name}.{node.name}")
+    return found
+
+
+def test_protect_holds_plan_time_protectors_only_and_the_metadata_rewriters_live_in_rewriters():
+    from slimmer.rewriters import default_rewriters
+
+    assert rewriter_classes(PACKAGE, "slimmer.protect") == []
+    assert rewriter_classes(PACKAGE, "slimmer.rewriters") == [
+        "slimmer.rewriters.condameta.CondaMetaRewriter",
+        "slimmer.rewriters.records.RecordRewriter",
+    ]
+    homes = [type(r).__module__ for r in default_rewriters()]
+    assert homes == ["slimmer.elf.strip", "slimmer.rewriters.records", "slimmer.rewriters.condameta"]
+
+
+def test_the_rewriter_finder_sees_a_planted_rewriter_in_protect(tmp_path):
+    root = _plant(
+        tmp_path,
+        {"__init__.py": "", "protect/__init__.py": "", "protect/x.py": "class X:\n    def rewrite(self): ...\n"},
+    )
+    assert rewriter_classes(root, "slimmer.protect") == ["slimmer.protect.x.X"]

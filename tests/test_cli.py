@@ -177,3 +177,26 @@ def test_plan_total_includes_the_predicted_strip_saving(tmp_path, capsys):
     assert main(["plan", "--rules", "default", str(root)]) == 0
     out = capsys.readouterr().out
     assert "stripped, predicted)" in out.splitlines()[-1]
+
+
+def test_cli_module_only_registers_commands_that_live_in_commands_modules():
+    """cli.py holds the group and the error handling; every command is a module in slimmer/commands/."""
+    import ast
+    from pathlib import Path
+
+    from slimmer.cli import cli
+
+    homes = {name: cmd.callback.__module__ for name, cmd in cli.commands.items() if cmd.callback is not None}
+    assert set(homes) == set(cli.commands)
+    assert {name: home for name, home in homes.items() if not home.startswith("slimmer.commands.")} == {}
+    assert homes["plan"] == homes["apply"] == homes["explain"] == "slimmer.commands.slim"
+    assert homes["undo"] == homes["commit"] == "slimmer.commands.runs"
+    source = ast.parse((Path(__file__).parent.parent / "slimmer/cli.py").read_text())
+    commands_in_cli = [
+        f.name
+        for f in ast.walk(source)
+        if isinstance(f, ast.FunctionDef)
+        for d in f.decorator_list
+        if isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute) and d.func.attr == "command"
+    ]
+    assert commands_in_cli == []

@@ -209,7 +209,7 @@ def test_verdict_strip_for_debug_library_executable_and_extension(root):
         d = decision(plan, rel)
         assert d.verdict is Verdict.STRIP, d.reason
         assert d.saving > 1024
-        assert d.rule == f"rules/strip.rules:{line}"
+        assert d.rule is not None and d.rule.where == f"rules/strip.rules:{line}"
     assert not any(d.rel in ("lib/libfoo.so", "lib/libfoo.so.1", "lib/libx.so") for d in plan.strips)  # links
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from slimmer.cli import main
+from slimmer.model.plan import Keeper
 from slimmer.plan import make_plan
 from slimmer.protect import default_protectors
 from slimmer.protect.datafiles import DataFileProtector
@@ -138,7 +139,7 @@ def _short(rel: str) -> str:
 def test_every_access_pattern_is_kept_with_its_reason(tmp_path):
     root = make_tree(tmp_path / "env", DPKG)
     plan = make_plan(root, _rules(tmp_path, GENERIC), protectors=default_protectors())
-    kept = {_short(k.rel): k.reason for k in plan.kept if k.by == "data-file analysis"}
+    kept = {_short(k.rel): k.reason for k in plan.kept if k.by is Keeper.DATA_FILES}
     removed = {_short(r.rel) for r in plan.removals}
     assert kept == {
         "dpkg/descr/iris.rst": "named in dpkg/loaders.py:15",

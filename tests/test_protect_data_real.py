@@ -18,6 +18,7 @@ import pytest
 
 from slimmer.apply import apply_plan
 from slimmer.cli import main
+from slimmer.model.plan import Keeper
 from slimmer.plan import make_plan
 from slimmer.protect import default_protectors
 from slimmer.protect.datafiles import DataFileProtector
@@ -92,7 +93,7 @@ def test_default_rules_keep_what_sklearn_and_towncrier_read(data_env, tmp_path):
 
 def test_the_plan_names_the_reader_of_each_kept_file(data_env):
     plan = make_plan(data_env, RuleSet.load(["default"]), protectors=default_protectors())
-    kept = {k.rel.split("site-packages/")[1]: k.reason for k in plan.kept if k.by == "data-file analysis"}
+    kept = {k.rel.split("site-packages/")[1]: k.reason for k in plan.kept if k.by is Keeper.DATA_FILES}
     assert kept["sklearn/datasets/descr/iris.rst"].startswith("named in sklearn/datasets/_base.py:")
     assert kept["towncrier/templates/default.rst"].startswith("folder .templates opened by towncrier/_settings/")
     removed = {r.rel.split("site-packages/")[1] for r in plan.removals if "site-packages/" in r.rel}

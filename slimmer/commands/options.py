@@ -1,7 +1,10 @@
-"""Options and option callbacks shared by commands: rules, profile, GPU targets."""
+"""Options and option callbacks shared by commands: ROOT, rules, profile, GPU targets; JSON output."""
 
 from __future__ import annotations
 
+import functools
+import json
+import os
 from typing import Any
 
 import click
@@ -76,3 +79,25 @@ def gpu_pruning(gpu_arch: Any, no_ptx: bool) -> Any:
             raise click.UsageError("--no-ptx needs --gpu-arch")
         return None
     return GpuPruning(tuple(gpu_arch), keep_ptx=not no_ptx)
+
+
+def emit_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def root_argument(func: F) -> F:
+    @functools.wraps(func)
+    def named(*args: Any, root: str, **kwargs: Any) -> Any:
+        try:
+            return func(*args, root=root, **kwargs)
+        except OSError as exc:  # a write that failed names no path (ENOSPC in a write): name ROOT
+            if not isinstance(exc, BrokenPipeError):
+                if exc.filename is None:
+                    exc.filename = root
+                elif isinstance(exc.filename, str) and not os.path.isabs(exc.filename):
+                    # opened relative to a folder descriptor under ROOT: name ROOT, and the name as given
+                    exc.filename = f"{root} ({exc.filename})"
+            raise
+
+    named = click.option("--force", is_flag=True, help="Allow / or your home folder as ROOT.")(named)
+    return click.argument("root", type=click.Path(path_type=str))(named)

@@ -23,11 +23,10 @@ from slimmer.elf.rewrite import discard, keep_owner, run_jobs, writable
 from slimmer.model.plan import GpuPruning, PruneDecision
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
-    from pathlib import Path
+    from collections.abc import Generator, Iterable
 
-    from slimmer.model.apply import ApplyResult
-    from slimmer.model.plan import Plan, PlanContext
+    from slimmer.model.apply import RewriteInput, RewriteOutcome
+    from slimmer.model.plan import PlanContext
     from slimmer.walk import Entry
 
 LAYOUT_COST = 32 << 20  # memory a layout job holds (headers, entry lists), whatever the file size
@@ -152,10 +151,11 @@ class Pruner:
         self.gpu = gpu
         self.jobs = jobs
 
-    def rewrite(self, plan: Plan, result: ApplyResult, tmp_for: Callable[[str], Path]) -> Iterable[str]:
+    def rewrite(self, given: RewriteInput) -> Generator[str, None, RewriteOutcome]:
         from slimmer.targets import file_under
 
-        skipped = result.skipped.setdefault(self.name, [])
+        plan = given.plan
+        skipped: list[tuple[str, str]] = []
         work = []
         for d in plan.prunes:
             if not d.saving:
@@ -164,5 +164,5 @@ class Pruner:
             if src is None:
                 skipped.append((d.rel, "no longer a file under the root"))
                 continue
-            work.append(_PruneJob(src, os.fspath(tmp_for(d.rel)), d.size, self.gpu))
-        yield from run_jobs(_prune_job, work, root=plan.root, result=result, skipped=skipped, jobs=self.jobs)
+            work.append(_PruneJob(src, os.fspath(given.tmp_for(d.rel)), d.size, self.gpu))
+        return (yield from run_jobs(_prune_job, work, root=plan.root, skipped=skipped, jobs=self.jobs))

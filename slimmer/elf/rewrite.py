@@ -7,16 +7,16 @@ import contextlib
 import os
 import stat
 from concurrent.futures import Future, ThreadPoolExecutor
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from slimmer.dists import record_hash
 from slimmer.elf.pool import bounded_map
+from slimmer.model.apply import Digest, RewriteOutcome
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Callable, Generator, Sequence
     from pathlib import Path
-
-    from slimmer.model.apply import ApplyResult
 
 
 class Job(Protocol):
@@ -51,11 +51,11 @@ def discard(tmp: str) -> None:
         os.unlink(tmp)
 
 
-def hash_fd(fd: int) -> tuple[str, int, int]:
-    """(RECORD hash, size, inode) of an open file; closes it."""
+def hash_fd(fd: int) -> Digest:
+    """The RECORD hash, size and inode of an open file; closes it."""
     with os.fdopen(fd, "rb") as fh:
         digest, size = record_hash(fh)
-        return digest, size, os.fstat(fh.fileno()).st_ino
+        return Digest(digest, size, os.fstat(fh.fileno()).st_ino)
 
 
 def run_jobs(
@@ -63,23 +63,25 @@ def run_jobs(
     work: Sequence[J],
     *,
     root: Path,
-    result: ApplyResult,
-    skipped: list[tuple[str, str]],
+    skipped: Sequence[tuple[str, str]] = (),
     jobs: int | None,
-) -> Iterator[str]:
+) -> Generator[str, None, RewriteOutcome]:
     """Run `fn` (None, or why the file is left as it is) over `work` in the worker pool, memory
-    bounded by file size; yield the relative path of each file rewritten.
+    bounded by file size; yield the relative path of each file rewritten, and return the outcome:
+    `skipped` (what the caller left out before) and the files `fn` left, and the new files' digests.
 
     The RECORD rewriter needs the sha256 of each new file: a thread here takes it while the workers
     rewrite the next files (the file is in the page cache). It reads through a descriptor opened
     before the rename into place; the inode tells RECORD it is that file."""
     rel_of = {job.src: os.path.relpath(job.src, root) for job in work}
+    left = list(skipped)
+    digests: dict[str, Digest] = {}
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimmer-hash") as hasher:
-        hashes: dict[str, Future[tuple[str, int, int]]] = {}
+        hashes: dict[str, Future[Digest]] = {}
         for job, why in bounded_map(fn, work, cost=lambda j: j.size, jobs=jobs):
             rel = rel_of[job.src]
             if why is not None:
-                skipped.append((rel, why))
+                left.append((rel, why))
                 continue
             with contextlib.suppress(OSError):
                 fd = os.open(job.tmp, os.O_RDONLY | os.O_NOFOLLOW)
@@ -87,4 +89,5 @@ def run_jobs(
             yield rel
         for rel, future in hashes.items():
             with contextlib.suppress(OSError):
-                result.digests[rel] = future.result()
+                digests[rel] = future.result()
+    return RewriteOutcome(tuple(left), MappingProxyType(digests))

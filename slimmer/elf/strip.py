@@ -31,11 +31,11 @@ from slimmer.model.elf import ElfReport
 from slimmer.model.plan import Skip, StripDecision, Verdict
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
-    from pathlib import Path
+    from collections.abc import Generator, Iterable
 
-    from slimmer.model.apply import ApplyResult
-    from slimmer.model.plan import Plan, PlanContext
+    from slimmer.model.apply import RewriteInput, RewriteOutcome
+    from slimmer.model.plan import PlanContext
+    from slimmer.rules import Rule
     from slimmer.walk import Entry
 
 MIN_SAVING = 1024  # bytes: rewriting a library for less is not worth a new inode
@@ -148,7 +148,7 @@ def decide(  # noqa: PLR0911 - one return per Skip reason, in the order they are
     *,
     links_inside: int,
     dist: str,
-    rule: str,
+    rule: Rule | None,
 ) -> StripDecision:
     """The verdict for one file from its walk entry and analysis."""
     report = outcome.report
@@ -222,10 +222,10 @@ def start_analysis(ctx: PlanContext, rels: Iterable[str], *, trial: bool = True)
 
 
 def plan_strips(
-    ctx: PlanContext, selected: dict[str, str], early: Analysis | None = None, *, trial: bool = True
+    ctx: PlanContext, selected: dict[str, Rule], early: Analysis | None = None, *, trial: bool = True
 ) -> list[StripDecision]:
-    """Decisions for the files `selected` ({rel: strip rule file:line}); reads only. `early` is an
-    analysis started before (of some of them): only the others are analysed now. `trial`: strip
+    """Decisions for the files `selected` ({rel: the strip rule that selects it}); reads only. `early`
+    is an analysis started before (of some of them): only the others are analysed now. `trial`: strip
     each patchelf-rewritten file into a scratch copy and check it now (`slimmer plan`, which must
     predict); without it the check runs on the real strip (`slimmer apply`, which would strip the
     file twice otherwise), and a file that fails it is left as it is then."""
@@ -288,10 +288,11 @@ class Stripper:
     def __init__(self, *, jobs: int | None = None) -> None:
         self.jobs = jobs
 
-    def rewrite(self, plan: Plan, result: ApplyResult, tmp_for: Callable[[str], Path]) -> Iterable[str]:
+    def rewrite(self, given: RewriteInput) -> Generator[str, None, RewriteOutcome]:
         from slimmer.targets import file_under
 
-        skipped = result.skipped.setdefault(self.name, [])
+        plan = given.plan
+        skipped: list[tuple[str, str]] = []
         work = []
         for d in plan.strips:
             if d.verdict is not Verdict.STRIP or d.report is None:
@@ -300,5 +301,5 @@ class Stripper:
             if src is None:
                 skipped.append((d.rel, "no longer a file under the root"))
                 continue
-            work.append(_StripJob(src, os.fspath(tmp_for(d.rel)), d.size, d.report))
-        yield from run_jobs(_strip_job, work, root=plan.root, result=result, skipped=skipped, jobs=self.jobs)
+            work.append(_StripJob(src, os.fspath(given.tmp_for(d.rel)), d.size, d.report))
+        return (yield from run_jobs(_strip_job, work, root=plan.root, skipped=skipped, jobs=self.jobs))

@@ -5,5 +5,5 @@ It imports only infrastructure (rules, walk, layout, dists, elf/gpuarch), never 
 rewriter or an engine, so every layer above can import it without a cycle:
 - `model.elf`: what an ELF file and its device code look like (`ElfReport`, `FatbinInfo`);
 - `model.plan`: `Plan` and its parts, strip and prune decisions, `PlanContext`, `Protector`;
-- `model.apply`: `ApplyResult` and `Rewriter`.
+- `model.apply`: `ApplyResult`, `Rewriter` and what passes through it (`RewriteInput`, `RewriteOutcome`).
 """

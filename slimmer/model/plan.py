@@ -53,7 +53,7 @@ class StripDecision:
     saving: int  # predicted bytes saved; 0 when skipped
     skip: Skip | None = None
     detail: str = ""
-    rule: str = ""  # file:line of the strip rule
+    rule: Rule | None = None  # the strip rule that selects it (shown as its file:line)
     report: ElfReport | None = None
 
     @property
@@ -111,15 +111,38 @@ class Removal:
     dist: str
 
 
+class Keeper(enum.Enum):
+    """What keeps a path that a rule would remove (`Kept.by`): the value is the name shown."""
+
+    RULE = "rule"  # a `!` line
+    METADATA = "package metadata"  # the protectors, by their `name`
+    IMPORTS = "import analysis"
+    DATA_FILES = "data-file analysis"
+    LIBRARIES = "library analysis"
+    MOUNT = "mount"  # a mount point (and the folders above it) never goes
+    OTHER = "other"  # a protector not named here: `Kept.label` names it
+
+    @classmethod
+    def named(cls, label: str) -> Keeper:
+        try:
+            return cls(label)
+        except ValueError:
+            return cls.OTHER
+
+
 @dataclass(frozen=True)
 class Kept:
-    """A path that a rule would remove but that stays, and why."""
+    """A path that a rule would remove but that stays, why, and what kept it (`by`)."""
 
     rel: str
     size: int
     rule: Rule | None
     reason: str
-    by: str = "rule"  # what kept it: "rule" (a `!` line) or the protector's name ("import analysis", ...)
+    label: str = "rule"  # what kept it, as shown: "rule", "mount" or the protector's name
+    by: Keeper = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by", Keeper.named(self.label))
 
 
 @dataclass(frozen=True)

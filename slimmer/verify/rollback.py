@@ -64,9 +64,9 @@ def _candidates(plan: Plan) -> dict[str, str]:
         rule = removal.rule
         found[rule.where] = (rule.source, rule.line, f"{rule.where} '{rule.pattern}'")
     for strip in plan.strips:
-        if strip.rule and strip.saving:
-            source, _, line = strip.rule.rpartition(":")
-            found.setdefault(strip.rule, (source, int(line) if line.isdigit() else 0, f"{strip.rule} (strip)"))
+        if strip.rule is not None and strip.saving:
+            rule = strip.rule
+            found.setdefault(rule.where, (rule.source, rule.line, f"{rule.where} (strip)"))
     return {k: v[2] for k, v in sorted(found.items(), key=lambda kv: kv[1][:2])}
 
 
@@ -90,7 +90,7 @@ def _subplan(plan: Plan, chosen: frozenset[str]) -> Plan:
         for r in removals
         if r.rel in whole and r.rel.rpartition("/")[0] not in whole
     )
-    strips = tuple(d for d in plan.strips if d.rule in chosen)
+    strips = tuple(d for d in plan.strips if d.rule is not None and d.rule.where in chosen)
     return dataclasses.replace(plan, units=units, removals=removals, strips=strips)
 
 

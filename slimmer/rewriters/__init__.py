@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 def default_rewriters(gpu: GpuPruning | None = None) -> tuple[Rewriter, ...]:
     from slimmer.elf.pruner import Pruner
     from slimmer.elf.strip import Stripper
-    from slimmer.protect.condameta import CondaMetaRewriter
-    from slimmer.protect.records import RecordRewriter
+    from slimmer.rewriters.condameta import CondaMetaRewriter
+    from slimmer.rewriters.records import RecordRewriter
 
     return (Stripper(), *([Pruner(gpu)] if gpu else []), RecordRewriter(), CondaMetaRewriter())

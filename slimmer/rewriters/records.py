@@ -18,13 +18,14 @@ import posixpath
 from typing import TYPE_CHECKING
 
 from slimmer.dists import METADATA_SUFFIXES, record_hash
+from slimmer.model.apply import RewriteOutcome
 from slimmer.safe_read import read_text
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Generator, Iterator, Mapping
     from pathlib import Path
 
-    from slimmer.model.apply import ApplyResult
+    from slimmer.model.apply import NewVersion, RewriteInput
     from slimmer.model.plan import Plan
 
 
@@ -55,10 +56,11 @@ def write_synced(tmp: Path, text: str) -> None:
         os.fsync(fh.fileno())
 
 
-def known_hash(result: ApplyResult, root: Path, rel: str) -> tuple[str, int] | None:
+def known_hash(prior: Mapping[str, NewVersion], root: Path, rel: str) -> tuple[str, int] | None:
     """The hash that the rewriter of `rel` took of its new version (the strip workers hash what they
     just wrote), if that version (same inode and size) is still in place; else None: read it again."""
-    known = result.digests.get(rel)
+    new = prior.get(rel)
+    known = new.digest if new is not None else None
     if known is None:
         return None
     try:
@@ -74,9 +76,9 @@ class RecordRewriter:
 
     name = "record"
 
-    def rewrite(self, plan: Plan, result: ApplyResult, tmp_for: Callable[[str], Path]) -> Iterator[str]:
+    def rewrite(self, given: RewriteInput) -> Generator[str, None, RewriteOutcome]:
+        plan, tmp_for, prior = given.plan, given.tmp_for, given.prior
         root = plan.root
-        changed_files = {rel for name, done in result.rewritten.items() if name != self.name for rel, _, _ in done}
         for site, rel in _records(root, plan, METADATA_SUFFIXES[0], "RECORD"):
             text = read_text(os.path.join(root, rel), strict=True)
             if text is None:
@@ -95,8 +97,8 @@ class RecordRewriter:
                     changed = True
                     continue
                 new_row = row
-                if target in changed_files and len(row) >= 3:
-                    digest, size = known_hash(result, root, target) or record_hash(os.path.join(root, target))
+                if target in prior and len(row) >= 3:
+                    digest, size = known_hash(prior, root, target) or record_hash(os.path.join(root, target))
                     if [digest, str(size)] != row[1:3]:
                         new_row = [row[0], digest, str(size), *row[3:]]
                         changed = True
@@ -108,6 +110,7 @@ class RecordRewriter:
             write_synced(tmp_for(rel), out.getvalue())
             yield rel
         yield from self._installed_files(plan, tmp_for)
+        return RewriteOutcome()
 
     def _installed_files(self, plan: Plan, tmp_for: Callable[[str], Path]) -> Iterator[str]:
         """The same for an egg-info's `installed-files.txt` (paths relative to the egg-info folder)."""

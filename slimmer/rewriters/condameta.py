@@ -1,6 +1,6 @@
 """After apply, make a conda prefix's package records (`conda-meta/*.json`) agree with the disk again.
 
-What `records.RecordRewriter` does for pip's RECORD, for conda: in each record of a package that
+What `rewriters.records.RecordRewriter` does for pip's RECORD, for conda: in each record of a package that
 lost files or had files rewritten (a stripped library), `files` drops the paths that are gone and
 `paths_data.paths` drops their entries and gives each rewritten file its new `sha256` (hex) and
 `size_in_bytes` (and `sha256_in_prefix` where conda wrote it). Only paths this run removed are
@@ -24,14 +24,15 @@ import posixpath
 from typing import TYPE_CHECKING, Any
 
 from slimmer.dists import record_hash
-from slimmer.protect.records import known_hash, write_synced
+from slimmer.model.apply import RewriteOutcome
+from slimmer.rewriters.records import known_hash, write_synced
 from slimmer.safe_read import read_regular
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Generator, Iterator
     from pathlib import Path
 
-    from slimmer.model.apply import ApplyResult
+    from slimmer.model.apply import RewriteInput
     from slimmer.model.plan import Plan
 
 _MAX_RECORD = 64 << 20
@@ -84,9 +85,9 @@ class CondaMetaRewriter:
 
     name = "conda-meta"
 
-    def rewrite(self, plan: Plan, result: ApplyResult, tmp_for: Callable[[str], Path]) -> Iterator[str]:
+    def rewrite(self, given: RewriteInput) -> Generator[str, None, RewriteOutcome]:
+        plan, prior = given.plan, given.prior
         root = plan.root
-        changed_files = {rel for name, done in result.rewritten.items() if name != self.name for rel, _, _ in done}
         removed = {r.rel for r in plan.removals}
 
         def exists(rel: str) -> bool:
@@ -94,7 +95,7 @@ class CondaMetaRewriter:
             return rel not in removed or os.path.lexists(os.path.join(root, rel))
 
         def new_hash(rel: str) -> tuple[str, int]:
-            digest, size = known_hash(result, root, rel) or record_hash(os.path.join(root, rel))
+            digest, size = known_hash(prior, root, rel) or record_hash(os.path.join(root, rel))
             return _hex(digest), size
 
         for prefix, rel in _records(root, plan):
@@ -121,7 +122,7 @@ class CondaMetaRewriter:
                         changed = True
                         continue
                     new_entry = entry
-                    if inside in changed_files and ("sha256" in entry or "size_in_bytes" in entry):
+                    if inside in prior and ("sha256" in entry or "size_in_bytes" in entry):
                         digest, size = new_hash(inside)
                         if (entry.get("sha256"), entry.get("size_in_bytes")) != (digest, size):
                             new_entry = {**entry, "sha256": digest, "size_in_bytes": size}
@@ -134,5 +135,6 @@ class CondaMetaRewriter:
                 continue
             indent = 2 if text.lstrip().startswith("{\n") else None
             out = json.dumps(record, indent=indent) + ("\n" if text.endswith("\n") else "")  # ASCII, as conda writes
-            write_synced(tmp_for(rel), out)
+            write_synced(given.tmp_for(rel), out)
             yield rel
+        return RewriteOutcome()
