@@ -6,6 +6,7 @@ and returns data. It never changes the file system; `slimmer.apply` carries a pl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import Counter, defaultdict
@@ -19,8 +20,10 @@ from slimmer.progress import Progress
 from slimmer.walk import Kind, Tree, walk
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
     from pathlib import Path
 
+    from slimmer.elf.pool import WorkerPool
     from slimmer.elf.strip import Analysis
     from slimmer.model.plan import GpuPruning, PruneDecision, StripDecision
     from slimmer.rules import Rule, RuleSet
@@ -233,6 +236,17 @@ def _plan_prunes(ctx: PlanContext, removing: dict[str, Rule], gpu: GpuPruning | 
     return plan_prunes(ctx, kept_files, gpu)
 
 
+def workers_for(rules: RuleSet, gpu: GpuPruning | None = None) -> AbstractContextManager[WorkerPool | None]:
+    """Warm workers for a whole command (pass them to `make_plan` and the rewriters), when its
+    rules strip ELF files or it prunes device code; else no pool (None): nothing reads ELF files."""
+    from slimmer.elf.pool import shared_pool
+    from slimmer.rules import Action
+
+    if gpu is not None or any(r.action is Action.STRIP for r in rules.rules):
+        return shared_pool()
+    return contextlib.nullcontext()
+
+
 def make_plan(
     root: Path,
     rules: RuleSet,
@@ -241,11 +255,13 @@ def make_plan(
     progress: Progress | None = None,
     gpu: GpuPruning | None = None,
     trial_strips: bool = True,
+    pool: WorkerPool | None = None,
 ) -> Plan:
     """Walk `root`, match `rules`, let `protectors` keep what must stay; change nothing.
 
     `trial_strips=False` (for a plan that is applied at once) leaves the check of a
-    patchelf-rewritten file to its real strip instead of stripping a scratch copy first.
+    patchelf-rewritten file to its real strip instead of stripping a scratch copy first. `pool`:
+    warm workers (`workers_for`) that read the ELF files while the protectors run.
 
     Steps: 1. walk and decide every path by its rules (and start analysing the ELF files a strip
     rule selects, in the background); 2. protectors keep what must stay; 3. kept paths and mount
@@ -255,7 +271,7 @@ def make_plan(
     tree = walk(root, progress=progress or Progress.quiet())
     layout = Layout.detect(tree)
     owners = Owners(tree, layout)
-    ctx = PlanContext(tree=tree, layout=layout, owners=owners, rules=rules)
+    ctx = PlanContext(tree=tree, layout=layout, owners=owners, rules=rules, pool=pool)
 
     removing, negated = _decide_all(tree, layout, rules)
     strip_rules = _strip_rules(ctx)

@@ -93,6 +93,20 @@ def builtin_names() -> list[str]:
     return sorted(p.stem for p in builtin_rules_dir().glob(f"*{RULE_SUFFIX}"))
 
 
+def rule_file_text(ref: str) -> str:
+    """The text of a rule set (a built-in name or a path), read as a rule file is read."""
+    return _read_rule_file(resolve_rule_file(ref))
+
+
+def describe_builtins() -> dict[str, str]:
+    """{built-in rule set: its `@description` line, or ""}, by name."""
+    out = {}
+    for name in builtin_names():
+        lines = rule_file_text(name).splitlines()
+        out[name] = next((ln.split("@description", 1)[1].strip() for ln in lines if "@description" in ln), "")
+    return out
+
+
 def resolve_rule_file(ref: str, relative_to: Path | None = None) -> Path:
     """A built-in rule name (`default`) or a path (`./my.rules`) to a readable rule file."""
     looks_like_path = "/" in ref or ref.endswith(RULE_SUFFIX)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from slimmer.elf.pool import bounded_map, shared_active, shared_pool
+from slimmer.elf.pool import bounded_map, shared_pool
 from slimmer.protect.imports import _IMPORT_HINT, import_text
 from slimmer.rules import Action, Base, RuleSet
 
@@ -172,21 +172,22 @@ def _pid(_item: int) -> int:
     return os.getpid()
 
 
-def test_shared_pool_serves_every_map_with_the_same_workers():
+def test_a_pool_passed_in_serves_every_map_with_the_same_workers():
     with shared_pool(2) as pool:
         assert pool is not None
-        assert shared_active()
-        first = {pid for _, pid in bounded_map(_pid, list(range(6)), cost=lambda i: 1, jobs=2)}
-        second = {pid for _, pid in bounded_map(_pid, [1], cost=lambda i: 1)}  # one small task: still a worker
+        first = {pid for _, pid in bounded_map(_pid, list(range(6)), cost=lambda i: 1, jobs=2, pool=pool)}
+        second = {pid for _, pid in bounded_map(_pid, [1], cost=lambda i: 1, pool=pool)}  # small: still a worker
         assert os.getpid() not in first | second
         assert second <= first
         # A map asking for another number of workers gets its own pool, as before.
-        other = {pid for _, pid in bounded_map(_pid, list(range(4)), cost=lambda i: 32 << 20, jobs=3)}
+        other = {pid for _, pid in bounded_map(_pid, list(range(4)), cost=lambda i: 32 << 20, jobs=3, pool=pool)}
         assert not other & first
-    assert not shared_active()
+        # Nothing is global: a map not given the pool inside the block makes its own workers.
+        own = {pid for _, pid in bounded_map(_pid, list(range(4)), cost=lambda i: 32 << 20, jobs=2)}
+        assert not own & first and os.getpid() not in own
     with shared_pool(1) as pool:  # one job: no pool, the maps run here
         assert pool is None
-        assert {pid for _, pid in bounded_map(_pid, [1, 2], cost=lambda i: 1)} == {os.getpid()}
+        assert {pid for _, pid in bounded_map(_pid, [1, 2], cost=lambda i: 1, pool=pool)} == {os.getpid()}
 
 
 @pytest.mark.tools

@@ -9,12 +9,10 @@ import click
 @click.argument("name", required=False)
 def rules_cmd(name: str | None) -> None:
     """List the built-in rule sets, or print one (NAME)."""
-    from slimmer.rules import builtin_names, resolve_rule_file
+    from slimmer.rules import describe_builtins, rule_file_text
 
     if name:
-        click.echo(resolve_rule_file(name).read_text(encoding="utf-8"), nl=False)
+        click.echo(rule_file_text(name), nl=False)
         return
-    for builtin in builtin_names():
-        first = resolve_rule_file(builtin).read_text(encoding="utf-8").splitlines()
-        desc = next((ln.split("@description", 1)[1].strip() for ln in first if "@description" in ln), "")
-        click.echo(f"{builtin:<16} {desc}")
+    for builtin, description in describe_builtins().items():
+        click.echo(f"{builtin:<16} {description}")

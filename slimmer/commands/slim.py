@@ -3,7 +3,6 @@ and show it, carry it out, or say why one path goes or stays."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -76,16 +75,7 @@ def target_options(func: F) -> F:
     return root_argument(rule_options(profile_option(gpu_options(typed))))
 
 
-def _workers(ruleset: Any, gpu: Any = None) -> contextlib.AbstractContextManager[object]:
-    """One warm worker pool for the whole command when its rules strip ELF files or it prunes device code."""
-    from slimmer.elf.pool import shared_pool
-    from slimmer.rules import Action
-
-    strips = any(r.action is Action.STRIP for r in ruleset.rules)
-    return shared_pool() if strips or gpu is not None else contextlib.nullcontext()
-
-
-def _make_plan(root: Path, ruleset: Any, gpu: Any = None, *, trial_strips: bool = True) -> Plan:
+def _make_plan(root: Path, ruleset: Any, gpu: Any = None, *, trial_strips: bool = True, pool: Any = None) -> Plan:
     """The plan; `trial_strips=False` when it is applied at once (the real strip is then the check)."""
     from slimmer.plan import make_plan
     from slimmer.progress import Progress
@@ -98,6 +88,7 @@ def _make_plan(root: Path, ruleset: Any, gpu: Any = None, *, trial_strips: bool 
         progress=Progress.for_terminal("scanning"),
         gpu=gpu,
         trial_strips=trial_strips,
+        pool=pool,
     )
 
 
@@ -108,10 +99,11 @@ def _make_plan(root: Path, ruleset: Any, gpu: Any = None, *, trial_strips: bool 
 @click.option("-v", "--verbose", is_flag=True, help="List every rule line and every kept path.")
 def plan_cmd(target: Target, as_json: bool, top: int, verbose: bool) -> None:
     """Show what would be removed from ROOT, per rule file and per distribution. Changes nothing."""
+    from slimmer.plan import workers_for
     from slimmer.report import plan_to_dict, render_plan
 
-    with _workers(target.ruleset, target.gpu):
-        plan = _make_plan(target.root, target.ruleset, target.gpu)
+    with workers_for(target.ruleset, target.gpu) as pool:
+        plan = _make_plan(target.root, target.ruleset, target.gpu, pool=pool)
     if as_json:
         emit_json(plan_to_dict(plan, top=top))
     else:
@@ -135,13 +127,14 @@ def apply_cmd(
 ) -> None:
     """Remove what the rules select from ROOT: staged first, journaled, then committed."""
     from slimmer.apply import apply_plan
+    from slimmer.plan import workers_for
     from slimmer.progress import Progress
     from slimmer.report import apply_to_dict, plan_to_dict, render_apply, render_plan
 
     root_path, ruleset, gpu = target.root, target.ruleset, target.gpu
-    with _workers(ruleset, gpu):  # started now: they import LIEF while the plan walks the tree
+    with workers_for(ruleset, gpu) as pool:  # started now: they import LIEF while the plan walks the tree
         if dry_run:
-            plan = _make_plan(root_path, ruleset, gpu)
+            plan = _make_plan(root_path, ruleset, gpu, pool=pool)
             emit_json(plan_to_dict(plan, top=top)) if as_json else click.echo(render_plan(plan, top=top))
             return
         from slimmer.journal import root_lock
@@ -149,12 +142,12 @@ def apply_cmd(
 
         run = apply_plan if verify is None else verify.apply  # --verify: checks before/after, undo on a regression
         with root_lock(root_path, wait=wait, reentrant=True):  # planned under the lock: never a stale plan
-            plan = _make_plan(root_path, ruleset, gpu, trial_strips=False)
+            plan = _make_plan(root_path, ruleset, gpu, trial_strips=False, pool=pool)
             result = run(
                 plan,
                 commit=not no_commit,
                 wait=wait,
-                rewriters=default_rewriters(gpu),
+                rewriters=default_rewriters(gpu, pool),
                 progress=Progress.for_terminal("removing"),
             )
     if as_json:

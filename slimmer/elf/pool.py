@@ -8,7 +8,9 @@ so they do not inherit a large plan.
 
 A command that uses workers more than once (`slimmer apply`: analysis while planning, strip while
 applying) opens one `shared_pool` at its start: its workers start and import LIEF while the caller
-walks the tree, and every `bounded_map` inside reuses them (one map at a time, so the budget holds).
+walks the tree, and the caller passes the pool to the plan and the rewriters, whose every
+`bounded_map(..., pool=pool)` reuses them (one map at a time, so the budget holds). Nothing is global:
+a map that is given no pool makes its own.
 """
 
 from __future__ import annotations
@@ -144,28 +146,18 @@ class WorkerPool:
         self.executor.shutdown(wait=True, cancel_futures=True)
 
 
-_shared: WorkerPool | None = None
-
-
-def shared_active() -> bool:
-    """True inside `shared_pool` with workers (more than one job)."""
-    return _shared is not None
-
-
 @contextlib.contextmanager
 def shared_pool(jobs: int | None = None) -> Iterator[WorkerPool | None]:
-    """Start the workers now, for every `bounded_map` (with the same or no `jobs`) until the end of
-    the block. With one job there is no pool: maps run in the calling process, as before."""
-    global _shared  # noqa: PLW0603
+    """Start the workers now, for every `bounded_map` it is passed to until the end of the block.
+    With one job there is no pool (None): maps run in the calling process, as before."""
     jobs = jobs or default_jobs()
-    if jobs == 1 or _shared is not None:
-        yield _shared
+    if jobs == 1:
+        yield None
         return
-    pool = _shared = WorkerPool(jobs)
+    pool = WorkerPool(jobs)
     try:
         yield pool
     finally:
-        _shared = None
         pool.close()
 
 
@@ -177,14 +169,16 @@ def bounded_map(
     jobs: int | None = None,
     budget: int | None = None,
     overhead: int = TASK_OVERHEAD,
+    pool: WorkerPool | None = None,
 ) -> Iterator[tuple[T, R]]:
     """Yield (item, fn(item)) as each finishes, largest first; `fn` must be a module-level function.
 
     A task costs `cost(item) + overhead`; tasks start while the costs in flight stay within `budget`.
+    `pool`: warm workers to use (when `jobs` is not given or is the pool's); else a map makes its own.
     """
     order = sorted(items, key=cost, reverse=True)
     costs = [cost(i) + overhead for i in order]
-    shared = _shared if _shared is not None and jobs in (None, _shared.jobs) else None
+    shared = pool if pool is not None and jobs in (None, pool.jobs) else None
     jobs = shared.jobs if shared is not None else jobs or default_jobs()
     small = len(order) <= 1 or sum(costs) - overhead * len(costs) < SERIAL_BELOW
     if not order or jobs == 1 or (small and shared is None):  # warm workers are cheaper than LIEF here
@@ -204,7 +198,7 @@ def bounded_map(
             max_workers=min(jobs, len(order)), mp_context=context, initializer=_exit_with, initargs=(os.getpid(),)
         )
         lock = contextlib.nullcontext()
-    with lock, pool_cm as pool:
+    with lock, pool_cm as executor:
         while pending or running:
             while pending and len(running) < jobs:
                 # The largest pending task that fits; a task over budget waits until nothing runs.
@@ -214,7 +208,7 @@ def bounded_map(
                         break
                     pick = 0
                 item, c = pending.pop(pick)
-                running[pool.submit(_call, fn, item)] = (item, c)
+                running[executor.submit(_call, fn, item)] = (item, c)
                 in_flight += c
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:

@@ -25,6 +25,7 @@ from slimmer.model.plan import GpuPruning, PruneDecision
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterable
 
+    from slimmer.elf.pool import WorkerPool
     from slimmer.model.apply import RewriteInput, RewriteOutcome
     from slimmer.model.plan import PlanContext
     from slimmer.walk import Entry
@@ -101,7 +102,8 @@ def plan_prunes(ctx: PlanContext, kept_files: Iterable[str], gpu: GpuPruning) ->
             decisions.append(PruneDecision(rel, dist, entry.size, 0, why, fatbin))
             continue
         jobs.append(_Job(rel, path, entry.size, dist, fatbin))
-    for _args, decision in bounded_map(_layout_job, [(j, gpu) for j in jobs], cost=lambda _a: LAYOUT_COST):
+    work = [(j, gpu) for j in jobs]
+    for _args, decision in bounded_map(_layout_job, work, cost=lambda _a: LAYOUT_COST, pool=ctx.pool):
         decisions.append(decision)
     return tuple(sorted(decisions, key=lambda d: d.rel))
 
@@ -147,9 +149,10 @@ class Pruner:
 
     name = "prune"
 
-    def __init__(self, gpu: GpuPruning, *, jobs: int | None = None) -> None:
+    def __init__(self, gpu: GpuPruning, *, jobs: int | None = None, pool: WorkerPool | None = None) -> None:
         self.gpu = gpu
         self.jobs = jobs
+        self.pool = pool
 
     def rewrite(self, given: RewriteInput) -> Generator[str, None, RewriteOutcome]:
         from slimmer.targets import file_under
@@ -165,4 +168,4 @@ class Pruner:
                 skipped.append((d.rel, "no longer a file under the root"))
                 continue
             work.append(_PruneJob(src, os.fspath(given.tmp_for(d.rel)), d.size, self.gpu))
-        return (yield from run_jobs(_prune_job, work, root=plan.root, skipped=skipped, jobs=self.jobs))
+        return (yield from run_jobs(_prune_job, work, root=plan.root, skipped=skipped, jobs=self.jobs, pool=self.pool))

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Generator, Sequence
     from pathlib import Path
 
+    from slimmer.elf.pool import WorkerPool
+
 
 class Job(Protocol):
     """Rewrite `src` into `tmp` (a journaled path beside it); `size` bounds the memory it takes."""
@@ -65,6 +67,7 @@ def run_jobs(
     root: Path,
     skipped: Sequence[tuple[str, str]] = (),
     jobs: int | None,
+    pool: WorkerPool | None = None,
 ) -> Generator[str, None, RewriteOutcome]:
     """Run `fn` (None, or why the file is left as it is) over `work` in the worker pool, memory
     bounded by file size; yield the relative path of each file rewritten, and return the outcome:
@@ -78,7 +81,7 @@ def run_jobs(
     digests: dict[str, Digest] = {}
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimmer-hash") as hasher:
         hashes: dict[str, Future[Digest]] = {}
-        for job, why in bounded_map(fn, work, cost=lambda j: j.size, jobs=jobs):
+        for job, why in bounded_map(fn, work, cost=lambda j: j.size, jobs=jobs, pool=pool):
             rel = rel_of[job.src]
             if why is not None:
                 left.append((rel, why))

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from slimmer import proc
-from slimmer.elf import pool as pool_mod
 from slimmer.elf.analyze import analyse, identity_changes, is_elf
 from slimmer.elf.pool import bounded_map, release_memory
 from slimmer.elf.rewrite import discard, keep_owner, run_jobs, writable
@@ -33,6 +32,7 @@ from slimmer.model.plan import Skip, StripDecision, Verdict
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterable
 
+    from slimmer.elf.pool import WorkerPool
     from slimmer.model.apply import RewriteInput, RewriteOutcome
     from slimmer.model.plan import PlanContext
     from slimmer.rules import Rule
@@ -189,7 +189,10 @@ class Analysis:
     goes on (the plan starts it before its protectors run, on the files a strip rule selects then:
     protectors only keep more, so those stay selected). `outcomes` waits for it to end."""
 
-    def __init__(self, root: str, rels: Iterable[str], sizes: dict[str, int], *, trial: bool = True) -> None:
+    def __init__(
+        self, root: str, rels: Iterable[str], sizes: dict[str, int], pool: WorkerPool, *, trial: bool = True
+    ) -> None:
+        self.pool = pool
         self.paths = {rel: os.path.join(root, rel) for rel in rels}
         self._jobs = [_Job(path, sizes[rel], trial) for rel, path in self.paths.items() if is_elf(path)]
         self._outcomes: dict[str, _Outcome] = {}
@@ -199,7 +202,7 @@ class Analysis:
 
     def _run(self) -> None:
         try:
-            for job, outcome in bounded_map(_analyse_job, self._jobs, cost=lambda j: j.size):
+            for job, outcome in bounded_map(_analyse_job, self._jobs, cost=lambda j: j.size, pool=self.pool):
                 self._outcomes[job.path] = outcome
         except BaseException as exc:  # handed to the caller in `outcomes`
             self._error = exc
@@ -215,10 +218,10 @@ class Analysis:
 def start_analysis(ctx: PlanContext, rels: Iterable[str], *, trial: bool = True) -> Analysis | None:
     """Analyse `rels` in the background when a shared worker pool runs (else None: `plan_strips`
     analyses everything itself, as a background thread would only compete with the caller)."""
-    if not pool_mod.shared_active():
+    if ctx.pool is None:
         return None
     sizes = {rel: ctx.by_rel[rel].size for rel in rels}
-    return Analysis(os.fspath(ctx.tree.root), sizes, sizes, trial=trial)
+    return Analysis(os.fspath(ctx.tree.root), sizes, sizes, ctx.pool, trial=trial)
 
 
 def plan_strips(
@@ -242,7 +245,7 @@ def plan_strips(
         if not is_elf(path):
             continue
         jobs.append(_Job(path, entry.size, trial))
-    for job, outcome in bounded_map(_analyse_job, jobs, cost=lambda j: j.size):
+    for job, outcome in bounded_map(_analyse_job, jobs, cost=lambda j: j.size, pool=ctx.pool):
         outcomes_by_path[job.path] = outcome
     decisions = []
     for rel, rule in selected.items():
@@ -285,8 +288,9 @@ class Stripper:
 
     name = "strip"
 
-    def __init__(self, *, jobs: int | None = None) -> None:
+    def __init__(self, *, jobs: int | None = None, pool: WorkerPool | None = None) -> None:
         self.jobs = jobs
+        self.pool = pool
 
     def rewrite(self, given: RewriteInput) -> Generator[str, None, RewriteOutcome]:
         from slimmer.targets import file_under
@@ -302,4 +306,4 @@ class Stripper:
                 skipped.append((d.rel, "no longer a file under the root"))
                 continue
             work.append(_StripJob(src, os.fspath(given.tmp_for(d.rel)), d.size, d.report))
-        return (yield from run_jobs(_strip_job, work, root=plan.root, skipped=skipped, jobs=self.jobs))
+        return (yield from run_jobs(_strip_job, work, root=plan.root, skipped=skipped, jobs=self.jobs, pool=self.pool))

@@ -36,6 +36,7 @@ from slimmer.verify.checks import Status
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
+    from slimmer.elf.pool import WorkerPool
     from slimmer.image.merged import EnvCopy, MergedTree, PythonEnv
     from slimmer.model.apply import ApplyResult
     from slimmer.model.plan import GpuPruning, Plan
@@ -156,7 +157,7 @@ def _gzip_size(fh: IO[bytes]) -> int:
     return total + len(comp.flush())
 
 
-def _plan_and_apply(copy: EnvCopy, req: SlimRequest) -> tuple[Plan, ApplyResult]:
+def _plan_and_apply(copy: EnvCopy, req: SlimRequest, pool: WorkerPool | None) -> tuple[Plan, ApplyResult]:
     from slimmer.apply import apply_plan
     from slimmer.plan import make_plan
     from slimmer.profiles import with_profile
@@ -174,9 +175,10 @@ def _plan_and_apply(copy: EnvCopy, req: SlimRequest) -> tuple[Plan, ApplyResult]
         progress=Progress.for_terminal("scanning"),
         gpu=req.gpu,
         trial_strips=False,  # applied at once: the real strip is the check
+        pool=pool,
     )
     result = apply_plan(
-        plan, commit=False, rewriters=default_rewriters(req.gpu), progress=Progress.for_terminal("removing")
+        plan, commit=False, rewriters=default_rewriters(req.gpu, pool), progress=Progress.for_terminal("removing")
     )
     return plan, result
 
@@ -328,10 +330,10 @@ class _Job:
     def _plan_and_apply(self) -> None:
         from slimmer.elf.pool import shared_pool
 
-        with shared_pool():
+        with shared_pool() as pool:
             for copy in self.copies:
                 with self.stage("plan", f"planning and applying the rules to /{copy.env.path}"):
-                    plan, applied = _plan_and_apply(copy, self.req)
+                    plan, applied = _plan_and_apply(copy, self.req, pool)
                 self.result.envs.append(EnvOutcome(copy.env, plan, applied))
 
     def _write(self, saved: SavedImage, tree: MergedTree, changes: list[LayerChange], tags: tuple[str, ...]) -> None:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from slimmer.dists import Owners
     from slimmer.elf.gpuarch import Target
+    from slimmer.elf.pool import WorkerPool
     from slimmer.layout import Layout
     from slimmer.model.elf import ElfReport
     from slimmer.rules import Rule, RuleSet
@@ -171,6 +172,7 @@ class PlanContext:
     owners: Owners
     rules: RuleSet
     by_rel: dict[str, Entry] = field(default_factory=dict)
+    pool: WorkerPool | None = None  # warm workers for the ELF analyses, passed in by the caller
 
     def __post_init__(self) -> None:
         self.by_rel = {e.rel: e for e in self.tree.entries}

@@ -9,14 +9,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from slimmer.elf.pool import WorkerPool
     from slimmer.model.apply import Rewriter
     from slimmer.model.plan import GpuPruning
 
 
-def default_rewriters(gpu: GpuPruning | None = None) -> tuple[Rewriter, ...]:
+def default_rewriters(gpu: GpuPruning | None = None, pool: WorkerPool | None = None) -> tuple[Rewriter, ...]:
+    """The chain in its order; `pool`: warm workers for the ELF rewriters (else each makes its own)."""
     from slimmer.elf.pruner import Pruner
     from slimmer.elf.strip import Stripper
     from slimmer.rewriters.condameta import CondaMetaRewriter
     from slimmer.rewriters.records import RecordRewriter
 
-    return (Stripper(), *([Pruner(gpu)] if gpu else []), RecordRewriter(), CondaMetaRewriter())
+    return (
+        Stripper(pool=pool),
+        *([Pruner(gpu, pool=pool)] if gpu else []),
+        RecordRewriter(),
+        CondaMetaRewriter(),
+    )
