@@ -105,3 +105,24 @@ def test_explain_lists_every_matching_line(tmp_path):
     decision = RuleSet.load([str(f)]).explain({Base.SITE_PACKAGES: "pkg/tests/keep_me.py"})
     assert [r.line for r in decision.matched] == [2, 3, 4]
     assert decision.rule is not None and decision.rule.line == 4 and not decision.removes
+
+
+def test_the_rules_command_lists_every_set_with_its_description_and_prints_one(tmp_path, capsys):
+    import os
+
+    from slimmer.cli import main
+    from slimmer.rules import builtin_rules_dir
+
+    assert main(["rules"]) == 0
+    listed = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines())
+    assert sorted(listed) == builtin_names()
+    for name, description in listed.items():
+        text = (builtin_rules_dir() / f"{name}.rules").read_text(encoding="utf-8")
+        assert f"@description {description.strip()}" in " ".join(text.split())
+    assert main(["rules", "default"]) == 0
+    assert capsys.readouterr().out == (builtin_rules_dir() / "default.rules").read_text(encoding="utf-8")
+    fifo = tmp_path / "pipe.rules"
+    os.mkfifo(fifo)
+    assert main(["rules", str(fifo)]) == 2  # never blocks on a FIFO: one line, the rule-file exit code
+    err = capsys.readouterr().err
+    assert "not a regular file" in err and len(err.strip().splitlines()) == 1
