@@ -85,6 +85,9 @@ def small_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # a module that an installed distribution claims but lost (brokenpkg's libfoo case) still fails
     _dist(sp, "optdep", {"optdep/__init__.py": "import numpy_never_installed_zz\n"}, "optdep\n")
     _dist(sp, "lostdep", {"lostdep/__init__.py": "import hashy.gone\n"}, "lostdep\n")
+    # a standard-library module this interpreter lacks (Debian's python3 without python3-tk has no
+    # tkinter; winreg is a standard module no Linux build has): the venv's stdlib is outside ROOT
+    _dist(sp, "tkish", {"tkish/__init__.py": "import winreg\n"}, "tkish\n")
     src = root.parent / "fastmod.c"
     src.write_text(EXTENSION_C)
     ext = f"fast/fastmod{EXT_SUFFIX}"
@@ -125,6 +128,8 @@ def test_verify_reports_each_check(small_env):
     assert got["import optdep"].status is Status.SKIP
     assert got["import optdep"].error.startswith("needs numpy_never_installed_zz, which no installed distribution")
     assert got["import lostdep"].status is Status.FAIL  # hashy is installed: its lost module is a breakage
+    assert got["import tkish"].status is Status.SKIP
+    assert "needs winreg, which this interpreter's standard library" in got["import tkish"].error
     assert got["import sleepy"].error == "timed out after 4 s"
     assert got["extension fast.fastmod"].status is Status.PASS
     assert got["extension fast.fastmod"].detail == "loaded directly"  # fast/__init__.py does not import it
@@ -322,3 +327,17 @@ def test_culprit_is_the_line_that_decides_the_file_not_the_folder_around_it(smal
     assert done.culprit.exact
     assert "FileNotFoundError" in done.culprit.failures[0].error
     assert listing(small_env) - {".slimmer"} == before - {".slimmer"}
+
+
+def test_a_missing_stdlib_module_inside_root_stays_a_failure(tmp_path):
+    """In a conda prefix the standard library is inside ROOT: slimming could have removed it."""
+    from slimmer.verify.checks import CheckResult
+    from slimmer.verify.runner import optional_dependencies
+
+    check = VerifyCheck(CheckKind.IMPORT, "tkish", "tkish")
+    failed = CheckResult(check, Status.FAIL, 0.1, "ModuleNotFoundError: No module named 'winreg'", "")
+    inv = {"dists": [], "stdlib": str(tmp_path / "lib" / "python3.11")}
+    [inside] = optional_dependencies(inv, [failed], tmp_path)
+    assert inside.status is Status.FAIL
+    [outside] = optional_dependencies(inv, [failed], tmp_path / "other-root")
+    assert outside.status is Status.SKIP

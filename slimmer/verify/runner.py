@@ -343,21 +343,27 @@ def verify(
     interpreter = find_python(root, python)
     inv = inventory(interpreter, timeout=timeout)
     checks = discover(inv, compile_check=compile_check, extra=extra, timeout=timeout)
-    results = optional_dependencies(inv, run_checks(root, interpreter, checks, jobs=jobs))
+    results = optional_dependencies(inv, run_checks(root, interpreter, checks, jobs=jobs), root)
     return VerifyReport(str(interpreter), inv["version"], tuple(results), time.monotonic() - start)
 
 
 _NO_MODULE = re.compile(r"^ModuleNotFoundError: No module named '([A-Za-z_][A-Za-z0-9_]*)")
 
 
-def optional_dependencies(inv: dict[str, Any], results: list[CheckResult]) -> list[CheckResult]:
+def optional_dependencies(inv: dict[str, Any], results: list[CheckResult], root: Path) -> list[CheckResult]:
     """An import that fails only because it needs a module that no installed distribution provides
     and that is not in the standard library (cuda.bindings' extensions need numpy, an optional
-    dependency) is a skip, not a failure: slimming did not cause it and cannot fix it. A module that
-    some distribution of the inventory still claims (its files removed) stays a failure."""
+    dependency) is a skip, not a failure: slimming did not cause it and cannot fix it. So is one
+    that needs a standard-library module the interpreter was built or packaged without (Debian's
+    python3 without python3-tk has no tkinter, which pillow's _imagingtk imports), when that
+    standard library lies outside ROOT (a venv's base interpreter), where slimming never reaches.
+    A module that some distribution of the inventory still claims (its files removed) stays a
+    failure, and so does a standard-library module of an interpreter inside ROOT (a conda prefix)."""
     stdlib = getattr(sys, "stdlib_module_names", None)
     if stdlib is None:  # Python 3.9: no list of the standard library, so no way to tell
         return results
+    stdlib_dir = str(inv.get("stdlib") or "")
+    stdlib_outside = bool(stdlib_dir) and not _inside(Path(stdlib_dir), root)
     provided = {
         name.split(".", 1)[0]
         for d in inv["dists"]
@@ -367,9 +373,22 @@ def optional_dependencies(inv: dict[str, Any], results: list[CheckResult]) -> li
     for r in results:
         missing = _NO_MODULE.match(r.error) if r.status is Status.FAIL else None
         kinds = (CheckKind.IMPORT, CheckKind.EXTENSION)
-        if missing and r.check.kind in kinds and missing[1] not in provided and missing[1] not in stdlib:
+        if not missing or r.check.kind not in kinds or missing[1] in provided:
+            out.append(r)
+        elif missing[1] not in stdlib:
             why = f"needs {missing[1]}, which no installed distribution provides (an optional dependency)"
+            out.append(CheckResult(r.check, Status.SKIP, r.seconds, why, r.detail))
+        elif stdlib_outside:
+            why = f"needs {missing[1]}, which this interpreter's standard library ({stdlib_dir}, outside ROOT) lacks"
             out.append(CheckResult(r.check, Status.SKIP, r.seconds, why, r.detail))
         else:
             out.append(r)
     return out
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except (OSError, ValueError):
+        return False
+    return True

@@ -176,6 +176,7 @@ def main():  # noqa: PLR0912 - one branch per kind of RECORD entry
         "version": "%d.%d.%d" % sys.version_info[:3],
         "prefix": prefix,
         "include": sysconfig.get_paths().get("include"),
+        "stdlib": sysconfig.get_paths().get("stdlib"),
         "dists": sorted(dists, key=lambda d: normalize(d["name"])),
     }
     sys.stdout.write("\n@@slimmer " + json.dumps(info) + "\n")
