@@ -364,11 +364,21 @@ def test_cli_plan_json_and_apply_report_strips(root, capsys):
     strip = json.loads(capsys.readouterr().out)["strip"]
     files = {f["path"]: f for f in strip["files"]}
     assert files["lib/libfoo.so.1.0"]["verdict"] == "strip"
-    assert files["lib/libpatched.so"]["verdict"] == "skip"
+    # the patchelf-rewritten library is checked on its real strip, unless asked for now
+    assert files["lib/libpatched.so"]["verdict"] == "strip"
+    assert "checked after the strip" in files["lib/libpatched.so"]["reason"]
     assert strip["skipped_by_reason"][Skip.LINKS_INSIDE.value] == 2
     assert strip["predicted_bytes"] == sum(f["bytes"] for f in strip["files"])
+    assert main(["plan", "--json", "--check-strips", "--rules", "strip", str(root)]) == 0
+    checked = {f["path"]: f for f in json.loads(capsys.readouterr().out)["strip"]["files"]}
+    assert checked["lib/libpatched.so"]["verdict"] == "skip"
+    assert "not aligned" in checked["lib/libpatched.so"]["reason"]
+    before = (root / "lib/libpatched.so").read_bytes()
     assert main(["apply", "--rules", "strip", str(root)]) == 0
     out = capsys.readouterr().out
     assert "Stripping: " in out
     assert "Stripped " in out
     assert f"skipped     2: {Skip.LINKS_INSIDE.value}" in out
+    # apply's own check refused the stripped copy, said why, and left the library as it was
+    assert "lib/libpatched.so" in out and "not aligned" in out
+    assert (root / "lib/libpatched.so").read_bytes() == before

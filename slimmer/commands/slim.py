@@ -75,8 +75,9 @@ def target_options(func: F) -> F:
     return root_argument(rule_options(profile_option(gpu_options(typed))))
 
 
-def _make_plan(root: Path, ruleset: Any, gpu: Any = None, *, trial_strips: bool = True, pool: Any = None) -> Plan:
-    """The plan; `trial_strips=False` when it is applied at once (the real strip is then the check)."""
+def _make_plan(root: Path, ruleset: Any, gpu: Any = None, *, trial_strips: bool = False, pool: Any = None) -> Plan:
+    """The plan. A patchelf-rewritten library is checked when it is stripped for real; with
+    `trial_strips` (plan --check-strips) a scratch copy is stripped and checked now instead."""
     from slimmer.plan import make_plan
     from slimmer.progress import Progress
     from slimmer.protect import default_protectors
@@ -97,13 +98,20 @@ def _make_plan(root: Path, ruleset: Any, gpu: Any = None, *, trial_strips: bool 
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--top", default=10, show_default=True, help="Rows per table.")
 @click.option("-v", "--verbose", is_flag=True, help="List every rule line and every kept path.")
-def plan_cmd(target: Target, as_json: bool, top: int, verbose: bool) -> None:
+@click.option(
+    "--check-strips",
+    is_flag=True,
+    help="Strip a scratch copy of each library that patchelf rewrote and check it now (slower: a full "
+    "strip per library), so the plan says whether apply will strip it. Without it apply checks them "
+    "on the real strip and leaves those that fail as they are.",
+)
+def plan_cmd(target: Target, as_json: bool, top: int, verbose: bool, check_strips: bool) -> None:
     """Show what would be removed from ROOT, per rule file and per distribution. Changes nothing."""
     from slimmer.plan import workers_for
     from slimmer.report import plan_to_dict, render_plan
 
     with workers_for(target.ruleset, target.gpu) as pool:
-        plan = _make_plan(target.root, target.ruleset, target.gpu, pool=pool)
+        plan = _make_plan(target.root, target.ruleset, target.gpu, trial_strips=check_strips, pool=pool)
     if as_json:
         emit_json(plan_to_dict(plan, top=top))
     else:
@@ -142,7 +150,7 @@ def apply_cmd(
 
         run = apply_plan if verify is None else verify.apply  # --verify: checks before/after, undo on a regression
         with root_lock(root_path, wait=wait, reentrant=True):  # planned under the lock: never a stale plan
-            plan = _make_plan(root_path, ruleset, gpu, trial_strips=False, pool=pool)
+            plan = _make_plan(root_path, ruleset, gpu, pool=pool)
             result = run(
                 plan,
                 commit=not no_commit,
