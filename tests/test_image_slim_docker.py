@@ -53,7 +53,7 @@ def _build(client: object, tmp: Path, dockerfile: str, name: str, extra: dict[st
     """Build (once per set of inputs) and return the tag."""
     key = hashlib.sha256(
         (dockerfile + "".join(f"{p.name}:{p.stat().st_size}" for p in extra.values())).encode()
-    ).hexdigest()[:12]
+    ).hexdigest()[:12]  # the script's size stands for its text
     tag = f"slimmer-test-image:{name}-{key}"
     if image_id(client, tag):
         return tag
@@ -74,6 +74,78 @@ def one_stage(docker_engine: object, tmp_path_factory: pytest.TempPathFactory) -
     extra["ca.pem"] = HOST_CA
     dockerfile = ONE_STAGE.format(base=BASE, env="/opt/venv", removed=REMOVED)
     return _build(docker_engine, tmp, dockerfile, "one-stage", extra)
+
+
+# A conda-style prefix without conda (no registry here serves conda packages): Debian's interpreter and
+# standard library copied into /opt/conda/envs/py (sys.prefix is then the prefix, as with conda's
+# python), packages in its lib/python3.11/site-packages, and a conda-meta record per distribution
+# made from its RECORD the way conda writes them (files, paths_data with sha256 and size). No
+# pyvenv.cfg: it is found as a conda prefix. Debian's site module reads lib/python3/dist-packages
+# of a prefix, so one .pth there puts the prefix's site-packages on sys.path.
+CONDA_ENV = "/opt/conda/envs/py"
+CONDA_META = """import csv, hashlib, json, os, sys
+prefix = sys.argv[1]
+sp = os.path.join(prefix, "lib/python3.11/site-packages")
+def record(name, version, files):
+    paths = []
+    for rel in files:
+        with open(os.path.join(prefix, rel), "rb") as f:
+            data = f.read()
+        paths.append({"_path": rel, "path_type": "hardlink", "sha256": hashlib.sha256(data).hexdigest(),
+                      "size_in_bytes": len(data)})
+    meta = {"build": "0", "build_number": 0, "channel": "https://conda.anaconda.org/conda-forge/linux-64",
+            "depends": [], "files": files, "fn": f"{name}-{version}-0.conda", "name": name,
+            "paths_data": {"paths": paths, "paths_version": 1}, "version": version,
+            "url": f"https://conda.anaconda.org/conda-forge/linux-64/{name}-{version}-0.conda"}
+    with open(os.path.join(prefix, "conda-meta", f"{name}-{version}-0.json"), "w") as f:
+        json.dump(meta, f, indent=2, sort_keys=True)
+record("python", "3.11", ["bin/python3.11"])
+for info in sorted(os.listdir(sp)):
+    if not info.endswith(".dist-info"):
+        continue
+    name, _, version = info[: -len(".dist-info")].rpartition("-")
+    with open(os.path.join(sp, info, "RECORD"), newline="") as f:
+        rows = [os.path.normpath(os.path.join("lib/python3.11/site-packages", r[0])) for r in csv.reader(f) if r]
+    record(name.lower().replace("_", "-"), version, sorted(r for r in rows if os.path.isfile(os.path.join(prefix, r))))
+"""
+CONDA_STAGE = """FROM {base}
+RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \\
+    python3 python3-venv && rm -rf /var/lib/apt/lists/*
+COPY wheels/ /wheels/
+COPY ca.pem /etc/slimmer-ca.pem
+COPY conda_meta.py /tmp/conda_meta.py
+RUN P={env} && mkdir -p $P/bin $P/conda-meta $P/lib/python3/dist-packages \\
+    && cp /usr/bin/python3.11 $P/bin/python3.11 && ln -s python3.11 $P/bin/python && ln -s python3.11 $P/bin/python3 \\
+    && cp -a /usr/lib/python3.11 $P/lib/python3.11 && mkdir -p $P/lib/python3.11/site-packages \\
+    && echo $P/lib/python3.11/site-packages > $P/lib/python3/dist-packages/conda-site.pth \\
+    && python3 -m venv /tmp/pip && PIP_CERT=/etc/slimmer-ca.pem /tmp/pip/bin/pip install -q --no-compile \\
+       --find-links /wheels --target $P/lib/python3.11/site-packages torch==2.13.0 torch_scatter \\
+    && /tmp/pip/bin/python /tmp/conda_meta.py $P && rm -rf /tmp/pip /tmp/conda_meta.py /wheels /etc/slimmer-ca.pem
+"""
+CONDA_CHECK = f"""import glob, hashlib, json, os
+prefix = "{CONDA_ENV}"
+listed = 0
+for meta in glob.glob(prefix + "/conda-meta/*.json"):
+    record = json.load(open(meta))
+    assert sorted(record["files"]) == sorted(p["_path"] for p in record["paths_data"]["paths"]), meta
+    for p in record["paths_data"]["paths"]:
+        data = open(os.path.join(prefix, p["_path"]), "rb").read()
+        assert (hashlib.sha256(data).hexdigest(), len(data)) == (p["sha256"], p["size_in_bytes"]), p["_path"]
+        listed += 1
+print("records agree", listed)
+"""
+
+
+@pytest.fixture(scope="module")
+def conda_image(docker_engine: object, tmp_path_factory: pytest.TempPathFactory) -> str:
+    tmp = tmp_path_factory.mktemp("image-conda")
+    script = tmp / "conda_meta.py"
+    script.write_text(CONDA_META)
+    extra = {f"wheels/{w.name}": w for w in _wheels()}
+    extra["ca.pem"] = HOST_CA
+    extra["conda_meta.py"] = script
+    dockerfile = CONDA_STAGE.format(base=BASE, env=CONDA_ENV)
+    return _build(docker_engine, tmp, dockerfile, "conda-prefix", extra)
 
 
 def _layers(client: object, tag: str) -> list[str]:
@@ -215,3 +287,34 @@ def test_a_missing_image_and_a_full_disk_are_one_line_errors(
         assert image_id(docker_engine, "slimmer-test-image:never") is None
     finally:
         os.system(f"umount {small}")
+
+
+def test_a_conda_prefix_is_found_slimmed_and_its_records_agree_with_the_disk(
+    docker_engine: object, conda_image: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A conda-style prefix under /opt/conda/envs/py, found by itself (no --env): --rules default
+    removes and strips in it, the checks pass in the new image with the prefix's own interpreter,
+    and every conda-meta record lists only files that are there, with their new hash and size."""
+    new = "slimmer-test-image:slim-conda"
+    _remove(docker_engine, new)
+    code = main(["image", "slim", conda_image, "--tag", new, "--rules", "default", "--no-compile-check", "--json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err[-2000:]
+    report = json.loads(out.out)
+    try:
+        [env] = report["envs"]
+        assert (env["path"], env["kind"]) == (CONDA_ENV, "conda")
+        assert env["removed"] > 100 * 2**20 and env["stripped"] > 0
+        assert all(c["status"] != "fail" for c in env["checks_after"]), env["checks_after"]
+        assert _size(docker_engine, new) < _size(docker_engine, conda_image) - 200 * 2**20
+        code, output = run_once(docker_engine, new, [f"{CONDA_ENV}/bin/python", "-c", CHECK])
+        assert code == 0, output
+        code, output = run_once(docker_engine, new, [f"{CONDA_ENV}/bin/python", "-c", CONDA_CHECK])
+        assert code == 0, output
+        assert "records agree" in output
+        # the input image is untouched: its records still agree with its own files
+        code, output = run_once(docker_engine, conda_image, [f"{CONDA_ENV}/bin/python", "-c", CONDA_CHECK])
+        assert code == 0, output
+        print(f"conda prefix: {_size(docker_engine, conda_image)} -> {_size(docker_engine, new)} bytes")
+    finally:
+        _remove(docker_engine, new)
