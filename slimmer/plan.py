@@ -263,8 +263,8 @@ def make_plan(
     patchelf-rewritten file to its real strip instead of stripping a scratch copy first. `pool`:
     warm workers (`workers_for`) that read the ELF files while the protectors run.
 
-    Steps: 1. walk and decide every path by its rules (and start analysing the ELF files a strip
-    rule selects, in the background); 2. protectors keep what must stay; 3. kept paths and mount
+    Steps: 1. walk, start analysing the ELF files a strip rule selects (in the background), and
+    decide every path by its rules; 2. protectors keep what must stay; 3. kept paths and mount
     points keep the folders above them; 4. folders go only whole; 5. removals, freed bytes and
     units; 6. strip decisions; 7. prune decisions."""
     start = time.monotonic()
@@ -273,9 +273,11 @@ def make_plan(
     owners = Owners(tree, layout)
     ctx = PlanContext(tree=tree, layout=layout, owners=owners, rules=rules, pool=pool)
 
-    removing, negated = _decide_all(tree, layout, rules)
     strip_rules = _strip_rules(ctx)
-    early = _start_strip_analysis(ctx, _not_removed(strip_rules, removing), trial=trial_strips)
+    # Read the ELF files now, while the removing rules and the protectors run: the few that a
+    # removal takes later are read in vain, and their outcomes are not used.
+    early = _start_strip_analysis(ctx, strip_rules, trial=trial_strips)
+    removing, negated = _decide_all(tree, layout, rules)
     kept = _kept_by_negation(ctx, removing, negated)
     reads = _protect(ctx, removing, protectors, kept)
     _keep_ancestors(root, tree, removing, kept)
