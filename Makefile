@@ -78,7 +78,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # GNU time for the peak memory of each run (`/usr/bin/time -v`)
 bench-tools:
-	@[ -x /usr/bin/time ] || $(SUDO) apt-get install -y -q time \
+	@[ -x /usr/bin/time ] || $(SUDO) apt-get install -y -q time 2>/dev/null \
 	  || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q time; }
 
 # Builds only the environments BENCH_ENVS names: the CUDA one (5.4 GB: nvidia-* wheels, triton) with

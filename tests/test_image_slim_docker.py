@@ -60,7 +60,10 @@ def _build(client: object, tmp: Path, dockerfile: str, name: str, extra: dict[st
     context = tmp / f"context-{name}"
     (context / "wheels").mkdir(parents=True)
     for dest, src in extra.items():
-        os.link(src, context / dest) if src.stat().st_dev == context.stat().st_dev else shutil.copy(src, context / dest)
+        try:  # a hard link where it can be made; a read-only bind mount of the same device refuses it (EXDEV)
+            os.link(src, context / dest)
+        except OSError:
+            shutil.copy(src, context / dest)
     log = StepLog(tmp / f"build-{name}.log", None)
     build_image(client, dockerfile, tag, log, label=f"test image {tag}", context=context)
     log.close()
