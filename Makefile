@@ -107,12 +107,12 @@ export SLIMMER_TORCH_CUDA_ENV := $(CACHE)/envs/torch-2.14.1
 
 .PHONY: elf-fixtures libs-env
 
-# The binaries the fixtures and the tests run themselves (patchelf, strip, readelf, gcc, g++), checked
+# The binaries the fixtures and the tests run themselves (patchelf, strip, readelf, objcopy, gcc, g++), checked
 # on every run, not only when a cached fixture is built: a cache can outlive an install.
 .PHONY: build-tools
 build-tools:
 	@command -v patchelf >/dev/null && command -v strip >/dev/null && command -v readelf >/dev/null \
-	  && command -v gcc >/dev/null && command -v g++ >/dev/null \
+	  && command -v objcopy >/dev/null && command -v gcc >/dev/null && command -v g++ >/dev/null \
 	  || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q patchelf binutils gcc g++; }
 
 $(ELF_FIXTURES)/.complete: fixtures/elf/build.sh | build-tools
