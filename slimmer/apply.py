@@ -127,6 +127,15 @@ class _Mover:
             return False
         return True
 
+    def try_restore(self, rel: str, problems: list[tuple[str, str]]) -> int:
+        """Put staged `rel` back: 1 if it went back, else 0 and why in `problems`."""
+        try:
+            self.restore(rel)
+        except OSError as exc:
+            problems.append((rel, exc.strerror or str(exc)))
+            return 0
+        return 1
+
     def restore(self, rel: str) -> None:
         parent, _, name = rel.rpartition("/")
         src = self._dir(STAGED, parent)
@@ -200,12 +209,7 @@ class _Mover:
                 problems.append((rel, exc.strerror or str(exc)))
                 continue
             if there is None:
-                try:
-                    self.restore(rel)
-                except OSError as exc:
-                    problems.append((rel, exc.strerror or str(exc)))
-                else:
-                    restored += 1
+                restored += self.try_restore(rel, problems)
             elif stat.S_ISDIR(st.st_mode) and stat.S_ISDIR(there.st_mode):
                 child = open_dir(sfd, name, dev=self.dev, create=False)
                 try:
@@ -473,14 +477,8 @@ def _put_back(mover: _Mover, records: list[dict[str, Any]]) -> tuple[int, list[t
     problems: list[tuple[str, str]] = []
     restored = 0
     for rel in reversed([r["rel"] for r in records if r["op"] == "move"]):
-        if not mover.staged_exists(rel):
-            continue
-        try:
-            mover.restore(rel)
-        except OSError as exc:
-            problems.append((rel, exc.strerror or str(exc)))
-        else:
-            restored += 1
+        if mover.staged_exists(rel):
+            restored += mover.try_restore(rel, problems)
     if problems:
         return restored, problems
     swept, problems = mover.sweep()

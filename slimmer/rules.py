@@ -102,8 +102,8 @@ def describe_builtins() -> dict[str, str]:
     """{built-in rule set: its `@description` line, or ""}, by name."""
     out = {}
     for name in builtin_names():
-        lines = rule_file_text(name).splitlines()
-        out[name] = next((ln.split("@description", 1)[1].strip() for ln in lines if "@description" in ln), "")
+        found = (_DIRECTIVE.match(line.strip()) for line in rule_file_text(name).splitlines())
+        out[name] = next((d["arg"] for d in found if d and d["name"] == "description"), "")
     return out
 
 
