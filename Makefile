@@ -69,6 +69,7 @@ clean:
 # Benchmark (bench/run.py): slimmer against ../shared/bench/seed_recipe.sh on real environments.
 #   make bench                                              all environments, 3 runs per variant
 #   make bench BENCH_ENVS=torch-2.13.0 BENCH_ARGS="--repeat 1"
+#   make bench BENCH_IMAGES=no                              without the image row (no engine needed)
 BENCH_CUDA_VERSION := 2.14.1
 BENCH_ENVS ?= torch-2.13.0,torch-$(BENCH_CUDA_VERSION),torch-2.13.0+scatter,torch-2.13.0+pyg-family
 BENCH_ARGS ?=
@@ -91,8 +92,10 @@ bench-envs: envs
 	  else echo "bench: no scatter-env target in the Makefile: the torch_scatter environment is skipped"; fi;; esac
 	@case ",$(BENCH_ENVS)," in *,torch-2.13.0+pyg-family,*) $(MAKE) --no-print-directory family-env;; esac
 
-bench: venv bench-tools bench-envs
-	$(PY) bench/run.py --envs $(BENCH_ENVS) $(BENCH_ARGS)
+# The image row (bench/images.py) needs the engine and base image (make docker) and the torch_scatter wheel.
+BENCH_IMAGES ?= yes
+bench: venv bench-tools bench-envs $(if $(filter yes,$(BENCH_IMAGES)),docker scatter-env)
+	$(PY) bench/run.py --envs $(BENCH_ENVS) $(if $(filter yes,$(BENCH_IMAGES)),,--no-images) $(BENCH_ARGS)
 
 # ELF fixtures (fixtures/elf/build.sh: gcc -g library and executable, a patchelf-rewritten library,
 # an nvcc library for sm_80 and sm_90 when nvcc exists, damaged and odd files), keyed by a hash of

@@ -71,6 +71,23 @@ def largest_elf(root: Path) -> tuple[str, int]:
 
 
 @dataclass(frozen=True)
+class Check:
+    status: str  # ok, FAIL or n/a
+    seconds: float = 0.0
+    error: str = ""
+
+
+def check_result(name: str, returncode: int, stdout: str, stderr: str) -> Check:
+    """One `fixtures/smoke.py NAME` run read back: its "ok NAME  1.23 s" or "FAIL NAME ... error" line."""
+    line = next((ln for ln in stdout.splitlines() if name in ln), "")
+    if returncode == 0:
+        return Check("ok", float(line.split()[-2]) if line.startswith("ok") else 0.0)
+    last = (stderr.strip().splitlines() or ["no output"])[-1]
+    error = line.split(" s  ", 1)[-1] if line.startswith("FAIL") else f"exit {returncode}: {last}"
+    return Check("FAIL", 0.0, error[:300])
+
+
+@dataclass(frozen=True)
 class TimedRun:
     returncode: int
     wall_s: float  # the command alone: from start to exit, measured here

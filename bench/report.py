@@ -197,6 +197,90 @@ def goals(data: dict[str, Any]) -> list[tuple[str, str]]:
                 )
             )
         out.extend(_plan_alone_goal(env))
+    if data.get("image"):
+        out.extend(image_goals(data["image"]))
+    return out
+
+
+def _image_row(r: dict[str, Any], one: dict[str, Any], checks: list[str]) -> list[str]:
+    walls = [run["wall_s"] for run in r["runs"]]
+    peaks = [run["tree_peak_kb"] for run in r["runs"] if run["tree_peak_kb"]]
+    if r["cached"]:
+        took = "built earlier"
+    else:
+        took = f"{_median(walls):.0f} ({', '.join(f'{w:.0f}' for w in walls)})" if walls else "-"
+    return [
+        r["variant"],
+        f"`{r['how']}`",
+        f"{r['size'] / MB:.0f}",
+        f"{r['gzip'] / MB:.0f}",
+        "-" if r is one else f"{(one['gzip'] - r['gzip']) / MB:.0f}",
+        f"{r['layers']} ({r['shared'] / MB:.0f})" if r is not one else str(r["layers"]),
+        took,
+        f"{max(peaks) / 1000:.0f}" if peaks else "-",
+        " ".join(r["checks"].get(c, {}).get("status", "-") for c in checks),
+    ]
+
+
+def image_section(image: dict[str, Any]) -> list[str]:
+    """RESULTS.md's image row: one line per variant of the one-stage torch image."""
+    if image["skipped"]:
+        return [f"Not measured: {image['skipped']}."]
+    results = [r for r in image["results"] if not r["error"]]
+    failed = [f"- {r['variant']}: {r['error']}" for r in image["results"] if r["error"]]
+    if not results or results[0]["variant"] != "one-stage":
+        return ["No one-stage image was built.", *failed]
+    one, checks = results[0], image["checks"]
+    header = ["image", "how", "MB", "gzip MB", "gzip saved", "layers (shared, gzip MB)", "s", "peak MB", "checks"]
+    rows = [header] + [_image_row(r, one, checks) for r in results]
+    return [
+        markdown_table(rows),
+        "",
+        f"checks, in order: {', '.join(checks)}. MB: the layers uncompressed, as `docker images` counts them; "
+        "gzip MB: each layer gzipped at the default level, as `docker push` sends it; gzip saved: against "
+        "one-stage; shared: layers also in one-stage (stored and pulled once for both). s: the build of the "
+        "slimming step with its cache busted (seed RUN, multi-stage apply: the apply, the COPY into the "
+        "new stage and docker's commits) or the `slimmer image slim` command (its checks in containers of "
+        "the input and the new image included), median (runs); peak MB: its process tree (PSS).",
+        *failed,
+    ]
+
+
+def image_goals(image: dict[str, Any]) -> list[tuple[str, str]]:
+    """Issue 13: `image slim` gives a smaller image than the seed's final RUN and than the multi-stage
+    route, and every check that passes on the one-stage image passes on it."""
+    if image["skipped"]:
+        return [("FAIL", f"image row: not measured ({image['skipped']})")]
+    by = {r["variant"]: r for r in image["results"]}
+    one, slim = by.get("one-stage"), by.get("image slim")
+    if not one or not slim or slim["error"] or one["error"]:
+        why = (slim or {}).get("error") or "not built"
+        return [("FAIL", f"image row: image slim: {why}")]
+    out = []
+    for other in ("seed RUN", "multi-stage apply"):
+        r = by.get(other)
+        if r is None or r["error"]:
+            out.append(("FAIL", f"image row: {other}: {(r or {}).get('error') or 'not built'}"))
+            continue
+        # the same files as the multi-stage route's, in other tar entries: gzip may differ by a few KB
+        slack = 0.001 if other == "multi-stage apply" else 0.0
+        ok = slim["size"] <= r["size"] and slim["gzip"] <= r["gzip"] * (1 + slack)
+        out.append(
+            (
+                "PASS" if ok else "FAIL",
+                f"image row: image slim {slim['size'] / MB:.1f} MB (gzip {slim['gzip'] / MB:.1f}) <= {other} "
+                f"{r['size'] / MB:.1f} MB (gzip {r['gzip'] / MB:.1f}{f' + {slack:.1%}' if slack else ''})",
+            )
+        )
+    passing = [c for c in image["checks"] if one["checks"].get(c, {}).get("status") == "ok"]
+    broken = [c for c in passing if slim["checks"].get(c, {}).get("status") != "ok"]
+    out.append(
+        (
+            "FAIL" if broken else "PASS",
+            f"image row: the checks that pass on one-stage pass after image slim "
+            f"({'broken: ' + ', '.join(broken) if broken else ', '.join(passing) or 'none'})",
+        )
+    )
     return out
 
 
@@ -251,11 +335,18 @@ def render_markdown(data: dict[str, Any]) -> str:
         "",
         "`*`: the runs ended with bytes that differ by more than 64 KiB. exit: the largest exit status over the runs.",
         "",
-        "## Goals (issues 7 and 15)",
+        "## Goals (issues 7, 13 and 15)",
         "",
         *(f"- **{status}** {goal}" for status, goal in goal_lines),
         "",
     ]
+    if data.get("image"):
+        parts += [
+            "## Image row (issue 13): a one-stage torch image and three ways to slim it",
+            "",
+            *image_section(data["image"]),
+            "",
+        ]
     if data["notes"]:
         parts += ["## Notes", "", *(f"- {n}" for n in data["notes"]), ""]
     failures = [

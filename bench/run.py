@@ -29,8 +29,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.measure import TIME, TreeCount, count_tree, largest_elf, timed_run
-from bench.report import SLIMMER_VARIANTS, render_markdown, render_table
+from bench.images import ImageBench, bench_images
+from bench.measure import TIME, Check, TreeCount, check_result, count_tree, largest_elf, timed_run
+from bench.report import SLIMMER_VARIANTS, image_section, render_markdown, render_table
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "fixtures" / "smoke.py"
@@ -64,13 +65,6 @@ class Run:
     log_tail: str = ""
     plan_s: float = 0.0  # slimmer's own split of the wall time ("Took ... (plan X s, apply Y s)")
     apply_s: float = 0.0
-
-
-@dataclass(frozen=True)
-class Check:
-    status: str  # ok, FAIL or n/a
-    seconds: float = 0.0
-    error: str = ""
 
 
 @dataclass
@@ -172,14 +166,7 @@ def run_checks(copy: Path, env: Env, all_checks: list[str], scratch: Path) -> di
             continue
         finally:
             shutil.rmtree(cache, ignore_errors=True)
-        line = next((ln for ln in proc.stdout.splitlines() if name in ln), "")
-        seconds = float(line.split()[-2]) if line.startswith("ok") else 0.0
-        if proc.returncode == 0:
-            out[name] = Check("ok", seconds)
-        else:
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            error = line.split(" s  ", 1)[-1] if line.startswith("FAIL") else f"exit {proc.returncode}: {last}"
-            out[name] = Check("FAIL", 0.0, error[:300])
+        out[name] = check_result(name, proc.returncode, proc.stdout, proc.stderr)
     return out
 
 
@@ -367,6 +354,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seed-recipe", type=Path, default=SEED_RECIPE, help="default: %(default)s")
     p.add_argument("--slimmer", default=str(Path(sys.executable).with_name("slimmer")), help="the slimmer command")
     p.add_argument("--no-verify", action="store_true", help="do not time 'slimmer verify' even if it exists")
+    p.add_argument("--no-images", action="store_true", help="leave out the image row (bench/images.py)")
+    p.add_argument("--image-repeat", type=int, help="runs per image variant (default: --repeat)")
     p.add_argument("--note", action="append", default=[], help="a line for the notes of RESULTS.md (repeatable)")
     args = p.parse_args(argv)
     args.cache = cache
@@ -422,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, PLR0915 - the 
     envs: list[Env] = []
     results: list[Result] = []
     all_checks: list[str] = []
+    image: ImageBench | None = None
     try:
         infos = []
         for name, path, why in chosen:
@@ -463,6 +453,19 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, PLR0915 - the 
                 verify_profile=_has_option(verify_help, "--profile"),
                 all_checks=all_checks,
             )
+        if not args.no_images:
+            image = bench_images(
+                slimmer,
+                seed,
+                work / "image",
+                args.cache,
+                SMOKE,
+                args.image_repeat or args.repeat,
+                os.environ.get("SLIMMER_DOCKER_BASE", "slimmer-base:bookworm"),
+            )
+            if image.skipped:
+                notes.append(f"image row not measured: {image.skipped}.")
+                _log(f"bench: image row not measured: {image.skipped}")
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -478,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, PLR0915 - the 
         "checks": all_checks,
         "envs": [asdict(e) for e in envs],
         "results": [asdict(r) for r in results],
+        "image": asdict(image) if image else None,
         "notes": notes,
     }
     table, goals = render_table(data)
@@ -489,6 +493,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, PLR0915 - the 
         tmp.replace(args.out / name)
     print(table)
     print()
+    if image:
+        print("\n".join(image_section(data["image"])))
+        print()
     for status, goal in goals:
         print(f"{status}  {goal}")
     for note in notes:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.report import goals
+from bench.report import goals, image_section
 from tests.helpers import REPO
 
 SEED_RECIPE = REPO.parent / "shared" / "bench" / "seed_recipe.sh"
@@ -68,6 +68,7 @@ def bench_run(small_env, tmp_path_factory):
             "original,seed,default",
             "--out",
             str(out),
+            "--no-images",  # the image row needs an engine: tests/test_bench_images.py
         ],
         capture_output=True,
         text=True,
@@ -192,3 +193,57 @@ def test_goals_pass_and_fail_as_issues_7_and_15_say():
     assert status("e: plan alone 5.5 s") == ["FAIL"]
     env["cuda"] = False
     assert status("e: plan alone 5.5 s") == ["PASS"]
+
+
+def _image(variant, size_mb, gzip_mb, checks, *, shared_mb=0, error=""):
+    return {
+        "variant": variant,
+        "how": variant,
+        "tag": f"t:{variant}",
+        "size": int(size_mb * 1e6),
+        "gzip": int(gzip_mb * 1e6),
+        "layers": 4,
+        "shared": int(shared_mb * 1e6),
+        "cached": variant == "one-stage",
+        "runs": [{"wall_s": 30.0, "tree_peak_kb": 500_000 if variant == "image slim" else 0, "returncode": 0}],
+        "checks": checks,
+        "error": error,
+    }
+
+
+def test_image_row_goals_and_table_as_issue_13_says():
+    ok = {"import torch": {"status": "ok"}, "torch.compile": {"status": "ok"}}
+    broken = {"import torch": {"status": "ok"}, "torch.compile": {"status": "FAIL"}}
+    image = {
+        "base": "b",
+        "skipped": "",
+        "checks": ["import torch", "torch.compile"],
+        "results": [
+            _image("one-stage", 2000, 800, ok),
+            _image("seed RUN", 2600, 1000, broken, shared_mb=800),
+            _image("multi-stage apply", 1400, 500, ok, shared_mb=300),
+            _image("image slim", 1300, 480, ok, shared_mb=300),
+        ],
+    }
+    data = {"envs": [], "results": [], "image": image}
+
+    def status(prefix):
+        return [s for s, text in goals(data) if text.startswith(prefix)]
+
+    assert status("image row: image slim 1300.0 MB (gzip 480.0) <= seed RUN 2600.0 MB") == ["PASS"]
+    assert status(
+        "image row: image slim 1300.0 MB (gzip 480.0) <= multi-stage apply 1400.0 MB (gzip 500.0 + 0.1%)"
+    ) == ["PASS"]
+    assert status("image row: the checks that pass on one-stage pass after image slim") == ["PASS"]
+    table = " ".join(" ".join(image_section(image)).split())  # the columns are padded
+    assert "| image slim |" in table and "| 1300 | 480 | 320 |" in table  # MB, gzip MB, gzip saved
+    assert "| one-stage |" in table and "built earlier" in table
+    image["results"][3] = _image("image slim", 1500, 520, broken)
+    assert status("image row: image slim 1500.0 MB (gzip 520.0) <= multi-stage apply 1400.0 MB") == ["FAIL"]
+    assert status("image row: the checks that pass on one-stage pass after image slim (broken: torch.compile)") == [
+        "FAIL"
+    ]
+    image["results"][3] = _image("image slim", 0, 0, {}, error="exit 5: a check broke")
+    assert status("image row: image slim: exit 5: a check broke") == ["FAIL"]
+    data["image"] = {"base": "b", "skipped": "no Docker engine answers", "checks": [], "results": []}
+    assert status("image row: not measured (no Docker engine answers)") == ["FAIL"]

@@ -20,7 +20,7 @@ from slimmer.cli import main
 from slimmer.errors import EngineError, ExtensionUnavailableError, ImageMissingError
 from slimmer.pipeline.build import Method, build_slimmer_wheel, run_pipeline
 from slimmer.pipeline.config import make_config
-from slimmer.pipeline.engine import StepLog, build_image, run_once
+from slimmer.pipeline.engine import Container, Mount, StepLog, build_image, run_once
 from tests.helpers import REPO
 
 BASE = os.environ.get("SLIMMER_DOCKER_BASE", "slimmer-base:bookworm")
@@ -115,6 +115,34 @@ def test_build_and_slim_end_to_end_then_a_wheelhouse_hit(
                 }
             ),
         )
+
+
+def test_a_committed_step_container_declares_no_volumes(docker_engine: object, tmp_path: Path) -> None:
+    """The devel image is a committed container whose steps ran with bind mounts (wheelhouse, ccache,
+    the CA bundle): the mounts must not become VOLUME entries of the image, or every container of it
+    gets anonymous volumes and a build FROM it cannot write a file where a mount was."""
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    tag = "slimmer-test:committed"
+    log = StepLog(tmp_path / "step.log", None)
+    with Container(
+        docker_engine,
+        BASE,
+        log,
+        mounts=[Mount(str(tmp_path), "/wheelhouse"), Mount(str(tmp_path / "ca.pem"), "/etc/x.pem", read_only=True)],
+    ) as box:
+        box.call("test -f /wheelhouse/ca.pem && test -f /etc/x.pem && echo made > /made", label="a step")
+        box.commit(tag)
+    log.close()
+    try:
+        config = docker_engine.images.get(tag).attrs["Config"]  # type: ignore[attr-defined]
+        assert not config.get("Volumes"), config.get("Volumes")
+        dockerfile = f"FROM {tag}\nRUN test -f /made && echo x > /etc/x.pem && mkdir -p /wheelhouse/w\n"
+        child_log = StepLog(tmp_path / "build.log", None)
+        build_image(docker_engine, dockerfile, tag + "-child", child_log, label="child")
+        child_log.close()
+    finally:
+        for name in (tag + "-child", tag):
+            docker_engine.images.remove(name, force=True)  # type: ignore[attr-defined]
 
 
 def test_unreachable_wheel_and_source_fail_fast_naming_the_sources(docker_engine: object, pipeline_dirs: Path) -> None:

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from slimmer.pipeline.config import Extension, PipelineConfig
 
 WHEELHOUSE = "/wheelhouse"
+DEVEL_FORMAT = 2  # in the devel image's key: 2 = committed without the VOLUME entries its mounts used to leave
 WHEEL_TIMEOUT = 600  # seconds for `pip wheel` of slimmer's own source tree
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 
@@ -243,6 +244,7 @@ def _devel_image(
 ) -> str:
     """Devel base + Python, a venv at env_path and torch; cached as slimmer-devel:<hash of its inputs>."""
     key = _key(
+        DEVEL_FORMAT,
         base_id,
         cfg.devel_packages,
         cfg.python,

@@ -198,15 +198,24 @@ class Container:
         self.container: Any = None
 
     def __enter__(self) -> Container:
-        kwargs = gpu_request(self.gpus)
-        self.container = self.client.containers.run(
-            self.image,
-            ["sleep", "infinity"],
-            detach=True,
-            environment=self.environment,
-            volumes={m.host: {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in self.mounts},
-            **kwargs,
+        # The low-level API, binds in the host config only: `containers.run(volumes=...)` also declares
+        # each target as a VOLUME in the container's config, which `commit` then bakes into the image
+        # (every later container of it gets anonymous volumes, and a later build that writes a file
+        # there fails with "cannot mount volume over existing file").
+        api = self.client.api
+        host_config = api.create_host_config(
+            binds={m.host: {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in self.mounts},
+            **gpu_request(self.gpus),
         )
+        created = api.create_container(
+            self.image, ["sleep", "infinity"], environment=self.environment, host_config=host_config, detach=True
+        )
+        self.container = self.client.containers.get(created["Id"])
+        try:
+            self.container.start()
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
