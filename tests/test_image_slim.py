@@ -203,6 +203,11 @@ def test_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "--tag NEW" in capsys.readouterr().err
     assert main(["image", "slim", "--from-archive", str(junk), "--to-archive", "/no/such/dir/o.tar"]) == 2
     assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "slimmer.toml"
+    bad.write_text("checks = 5\n")
+    args = ["image", "slim", "--from-archive", str(junk), "--to-archive", str(tmp_path / "o.tar"), "--config", str(bad)]
+    assert main(args) == 2
+    assert "'checks' must be a list" in capsys.readouterr().err
     layers = [_layer(base)]
     _archive(tmp_path / "nopython.tar", layers)
     assert (

@@ -293,13 +293,22 @@ def test_a_missing_image_and_a_full_disk_are_one_line_errors(
 
 
 def test_a_conda_prefix_is_found_slimmed_and_its_records_agree_with_the_disk(
-    docker_engine: object, conda_image: str, capsys: pytest.CaptureFixture[str]
+    docker_engine: object,
+    conda_image: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A conda-style prefix under /opt/conda/envs/py, found by itself (no --env): --rules default
     removes and strips in it, the checks pass in the new image with the prefix's own interpreter,
     and every conda-meta record lists only files that are there, with their new hash and size."""
     new = "slimmer-test-image:slim-conda"
     _remove(docker_engine, new)
+    # a check from [tool.slimmer] in the current folder's pyproject.toml runs in both images too
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.slimmer]\nchecks = ["import torch_scatter, sys; print(sys.prefix)"]\n'
+    )
+    monkeypatch.chdir(tmp_path)
     code = main(["image", "slim", conda_image, "--tag", new, "--rules", "default", "--no-compile-check", "--json"])
     out = capsys.readouterr()
     assert code == 0, out.err[-2000:]
@@ -309,6 +318,8 @@ def test_a_conda_prefix_is_found_slimmed_and_its_records_agree_with_the_disk(
         assert (env["path"], env["kind"]) == (CONDA_ENV, "conda")
         assert env["removed"] > 100 * 2**20 and env["stripped"] > 0
         assert all(c["status"] != "fail" for c in env["checks_after"]), env["checks_after"]
+        from_config = [c for c in env["checks_after"] if "import torch_scatter, sys" in c["check"]]
+        assert [c["status"] for c in from_config] == ["pass"], env["checks_after"]
         assert _size(docker_engine, new) < _size(docker_engine, conda_image) - 200 * 2**20
         code, output = run_once(docker_engine, new, [f"{CONDA_ENV}/bin/python", "-c", CHECK])
         assert code == 0, output

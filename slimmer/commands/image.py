@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from slimmer.commands.options import gpu_options, gpu_pruning, profile_option, rule_options
+from slimmer.commands.verify import user_check_options, user_checks
 
 
 class _ImageGroup(click.Group):
@@ -77,10 +78,7 @@ def layers_cmd(image: str, as_json: bool, top: int) -> None:
 @rule_options
 @profile_option
 @gpu_options
-@click.option("--check", "snippets", multiple=True, metavar="CODE", help="A Python snippet to run as a check.")
-@click.option("--check-cmd", "commands", multiple=True, metavar="COMMAND", help="A shell command to run as a check.")
-@click.option("--check-timeout", type=float, default=120.0, show_default=True, metavar="SECONDS")
-@click.option("--no-compile-check", is_flag=True, help="Skip the torch.compile check.")
+@user_check_options
 @click.option("--no-verify", is_flag=True, help="Do not run the checks in containers of the input and the new image.")
 @click.option("--no-pushed-size", is_flag=True, help="Skip measuring each layer gzipped (as `docker push` sends it).")
 @click.option(
@@ -111,6 +109,7 @@ def slim_cmd(
     no_ptx: bool,
     snippets: tuple[str, ...],
     commands: tuple[str, ...],
+    config: Path | None,
     check_timeout: float,
     no_compile_check: bool,
     no_verify: bool,
@@ -131,7 +130,6 @@ def slim_cmd(
     the culprit rule is named and the exit code is 5.
     """
     from slimmer.image.slim import SlimRequest, slim_image
-    from slimmer.verify.config import cli_checks
 
     if image is None and from_archive is None:
         raise click.UsageError("name an IMAGE on the engine, or --from-archive FILE")
@@ -146,7 +144,7 @@ def slim_cmd(
         profile=profile,
         gpu=gpu,
         envs=envs,
-        checks=tuple(cli_checks(snippets, commands, check_timeout)),
+        checks=tuple(user_checks(snippets, commands, config, check_timeout)),
         compile_check=not no_compile_check,
         verify=not no_verify,
         check_timeout=check_timeout,

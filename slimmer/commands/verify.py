@@ -24,10 +24,15 @@ F = TypeVar("F", bound="Callable[..., Any]")
 
 
 def check_options(func: F) -> F:
-    """Options shared by `verify` and `apply --verify`: interpreter, user checks, timeout, compile."""
+    """Options shared by `verify` and `apply --verify`: interpreter, then the user_check_options."""
     func = click.option(
         "--python", "python", metavar="PATH", help="The environment's interpreter (default: ROOT/bin/python3)."
     )(func)
+    return user_check_options(func)
+
+
+def user_check_options(func: F) -> F:
+    """Options shared by `verify`, `apply --verify` and `image slim`: user checks, timeout, compile."""
     func = click.option(
         "--check", "snippets", multiple=True, metavar="CODE", help="A Python snippet to run as a check. Repeatable."
     )(func)
@@ -50,7 +55,7 @@ def check_options(func: F) -> F:
         default=120.0,
         show_default=True,
         metavar="SECONDS",
-        help="Per check subprocess.",
+        help="Per check.",
     )(func)
     return click.option(
         "--no-compile-check", is_flag=True, help="Skip the torch.compile check (implied by --profile runtime)."
