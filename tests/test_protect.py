@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pytest
 
 from slimmer.cli import main
 from slimmer.plan import make_plan
-from slimmer.protect import default_protectors
+from slimmer.protect import default_protectors, libraries
 from slimmer.protect.imports import ImportProtector, ModuleFile, import_text, parse_imports
 from slimmer.protect.libraries import LibraryProtector
 from slimmer.rules import RuleSet
@@ -192,6 +193,30 @@ def test_libraries_a_kept_executable_needs_stay(tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
+def test_library_analysis_runs_in_the_commands_workers(tmp_path):
+    # With the command's warm workers, the protector's LIEF reads run there: no LIEF in this process
+    # (45 MB), no second pool of workers beside the one that analyses the strip rules' files.
+    root = tmp_path / "prefix"
+    shutil.copytree(_elf_fixtures(), root, symlinks=True)
+    _rules(tmp_path, "# @relative-to prefix\nlib/libfoo*\nlib/libtiny.so\n")
+    code = (
+        "import sys; from pathlib import Path; from slimmer.plan import make_plan; from slimmer.rules import RuleSet; "
+        "from slimmer.elf.pool import shared_pool; from slimmer.protect.libraries import LibraryProtector; "
+        "p = LibraryProtector(); pool_cm = shared_pool(2)\n"
+        "with pool_cm as pool: make_plan(Path(sys.argv[1]), RuleSet.load([sys.argv[2]]), protectors=(p,), pool=pool)\n"
+        "print(p.stats.analysed, 'lief' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(root), str(tmp_path / "test.rules")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    analysed, lief_here = done.stdout.split()
+    assert int(analysed) >= 1
+    assert lief_here == "False"
+
+
 @pytest.mark.tools  # the ELF fixtures (gcc, patchelf)
 def test_libraries_nothing_read_when_no_library_goes(tmp_path):
     root = tmp_path / "prefix"
@@ -201,6 +226,39 @@ def test_libraries_nothing_read_when_no_library_goes(tmp_path):
     assert protector.stats is not None
     assert protector.stats.analysed == 0
     assert protector.stats.candidates == 0
+
+
+@pytest.mark.parametrize("at", [4, 60, 61, 62, 63, 64, 65, 100, 120, 155, 156])
+def test_library_scan_finds_a_name_wherever_the_chunks_cut_it(tmp_path, monkeypatch, at):
+    # Chunks of 64 bytes: the name lies inside one, across the cut, or ends the file.
+    monkeypatch.setattr(libraries, "_CHUNK", 64)
+    needles = re.compile(re.escape(b"libfoo.so.1\0") + b"|" + re.escape(b"libz.so\0"))
+    data = bytearray(b"\x7fELF" + b"x" * 160)
+    data[at : at + 12] = b"libfoo.so.1\0"
+    path = tmp_path / "lib.so"
+    path.write_bytes(bytes(data[:168]))
+    assert libraries._mentions(str(path), needles, 12)
+    path.write_bytes(bytes(data[:at]) + b"libfoo.so.1" + b"y" * 100)  # no NUL: not a DT_NEEDED string
+    assert not libraries._mentions(str(path), needles, 12)
+    path.write_bytes(b"libfoo.so.1\0" * 20)  # not ELF: never searched
+    assert not libraries._mentions(str(path), needles, 12)
+
+
+def test_library_scan_memory_does_not_grow_with_the_file(tmp_path):
+    # 200 MB without the name: the scan holds one chunk, not the file or a heap of 8 MB pieces.
+    path = tmp_path / "big.so"
+    with path.open("wb") as f:
+        f.write(b"\x7fELF")
+        f.truncate(200 << 20)
+    needles = re.compile(re.escape(b"libfoo.so.1\0"))
+    code = (
+        "import resource, sys, re; from slimmer.protect import libraries as l; "
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+        f"assert not l._mentions(sys.argv[1], re.compile({needles.pattern!r}), 12); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+    assert int(done.stdout) < 8 * 1024, f"the scan grew the process by {done.stdout} KB"
 
 
 # ---- A real venv, a real wheel, pip: RECORD agrees with the disk after apply --------------------

@@ -19,6 +19,8 @@ from slimmer.model.elf import ElfReport, Segment
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
+    from slimmer.elf.pool import WorkerPool
+
 
 ELF_MAGIC = b"\x7fELF"
 
@@ -282,10 +284,11 @@ def find_elf(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
     return [p for p in found if is_elf(p)]
 
 
-def analyse_many(paths: Sequence[str], *, jobs: int | None = None) -> list[ElfReport]:
-    """Analyse `paths` in parallel with memory bounded by file size; reports in the order given."""
+def analyse_many(paths: Sequence[str], *, jobs: int | None = None, pool: WorkerPool | None = None) -> list[ElfReport]:
+    """Analyse `paths` in parallel with memory bounded by file size; reports in the order given.
+    `pool`: the command's warm workers (`slimmer.elf.pool.shared_pool`), else a pool of its own."""
     from slimmer.elf.pool import bounded_map
 
     sizes = {p: os.lstat(p).st_size for p in paths}
-    by_path = {p: r for p, r in bounded_map(analyse, list(paths), cost=sizes.__getitem__, jobs=jobs)}
+    by_path = {p: r for p, r in bounded_map(analyse, list(paths), cost=sizes.__getitem__, jobs=jobs, pool=pool)}
     return [r for p in paths if (r := by_path[p]) is not None]

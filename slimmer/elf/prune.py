@@ -509,7 +509,7 @@ def check(plan: Plan, dest: str, *, dlopen: bool = True) -> str | None:
         return why
     why = _check_with_lief(plan.path, dest) or _check_readelf(plan.path, dest)
     if why is None and dlopen:
-        why = _check_dlopen(plan.path, dest)
+        why = check_dlopen(plan.path, dest)
     return why
 
 
@@ -681,7 +681,7 @@ def _dlopen_error(path: str) -> str | None:
     return (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
 
 
-def _check_dlopen(src: str, dest: str) -> str | None:
+def check_dlopen(src: str, dest: str) -> str | None:
     """The pruned library must load (constructors run, `__cudaRegisterFatBinary` included) when
     the original does. Loaded by its own path, in a separate process."""
     error = _dlopen_error(dest)

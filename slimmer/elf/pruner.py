@@ -132,7 +132,7 @@ def _prune_job(job: _PruneJob) -> str | None:
             return "no longer a regular file"
         plan = prune.layout(job.src, job.gpu.targets, job.gpu.keep_ptx)
         prune.write(plan, job.tmp)
-        why = prune.check(plan, job.tmp)
+        why = prune.check(plan, job.tmp, dlopen=False)  # the load check runs in `_settle_prune`
         if why is None:
             keep_owner(job.tmp, st)
             return None
@@ -141,6 +141,17 @@ def _prune_job(job: _PruneJob) -> str | None:
     except OSError as exc:
         why = f"cannot write the pruned copy: {exc.strerror or exc}"
     discard(job.tmp)
+    return why
+
+
+def _settle_prune(job: _PruneJob) -> str | None:
+    """The pruned copy must load as the original does (`prune.check_dlopen`). It runs in the caller,
+    one library at a time after every other check: loading maps the library's dependencies and
+    runs their constructors, some 400 MB for torch's small `libtorch_cuda_linalg.so` (it loads
+    libtorch_cuda and libtorch_cpu), which its file size, the pool's measure, does not bound."""
+    why = prune.check_dlopen(job.src, job.tmp)
+    if why is not None:
+        discard(job.tmp)
     return why
 
 
@@ -168,4 +179,8 @@ class Pruner:
                 skipped.append((d.rel, "no longer a file under the root"))
                 continue
             work.append(_PruneJob(src, os.fspath(given.tmp_for(d.rel)), d.size, self.gpu))
-        return (yield from run_jobs(_prune_job, work, root=plan.root, skipped=skipped, jobs=self.jobs, pool=self.pool))
+        return (
+            yield from run_jobs(
+                _prune_job, work, root=plan.root, skipped=skipped, jobs=self.jobs, pool=self.pool, settle=_settle_prune
+            )
+        )

@@ -68,10 +68,16 @@ def run_jobs(
     skipped: Sequence[tuple[str, str]] = (),
     jobs: int | None,
     pool: WorkerPool | None = None,
+    settle: Callable[[J], str | None] | None = None,
 ) -> Generator[str, None, RewriteOutcome]:
     """Run `fn` (None, or why the file is left as it is) over `work` in the worker pool, memory
     bounded by file size; yield the relative path of each file rewritten, and return the outcome:
     `skipped` (what the caller left out before) and the files `fn` left, and the new files' digests.
+
+    `settle`: a last check (None, or why not; it discards the new file then) whose memory the file
+    size does not bound, such as loading a library with its dependencies. It runs here, after the
+    map, one file at a time in the order the map finished them, each file yielded (so put in
+    place) before the next is checked: it never runs beside a worker's job.
 
     The RECORD rewriter needs the sha256 of each new file: a thread here takes it while the workers
     rewrite the next files (the file is in the page cache). It reads through a descriptor opened
@@ -81,15 +87,28 @@ def run_jobs(
     digests: dict[str, Digest] = {}
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimmer-hash") as hasher:
         hashes: dict[str, Future[Digest]] = {}
-        for job, why in bounded_map(fn, work, cost=lambda j: j.size, jobs=jobs, pool=pool):
-            rel = rel_of[job.src]
-            if why is not None:
-                left.append((rel, why))
-                continue
+
+        def hash_new(job: J) -> None:
             with contextlib.suppress(OSError):
                 fd = os.open(job.tmp, os.O_RDONLY | os.O_NOFOLLOW)
-                hashes[rel] = hasher.submit(hash_fd, fd)
-            yield rel
+                hashes[rel_of[job.src]] = hasher.submit(hash_fd, fd)
+
+        done: list[J] = []
+        for job, why in bounded_map(fn, work, cost=lambda j: j.size, jobs=jobs, pool=pool):
+            if why is not None:
+                left.append((rel_of[job.src], why))
+            elif settle is not None:
+                done.append(job)
+            else:
+                hash_new(job)
+                yield rel_of[job.src]
+        for job in done:
+            why = settle(job) if settle is not None else None
+            if why is not None:
+                left.append((rel_of[job.src], why))
+                continue
+            hash_new(job)
+            yield rel_of[job.src]
         for rel, future in hashes.items():
             with contextlib.suppress(OSError):
                 digests[rel] = future.result()

@@ -24,6 +24,7 @@ from slimmer.safe_read import open_regular
 from slimmer.walk import Kind
 
 if TYPE_CHECKING:
+    from slimmer.elf.pool import WorkerPool
     from slimmer.model.elf import ElfReport
     from slimmer.model.plan import PlanContext
     from slimmer.rules import Rule
@@ -46,27 +47,32 @@ def is_shared_library(rel: str) -> bool:
     return _SHARED.search(rel.rpartition("/")[2]) is not None
 
 
-_CHUNK = 8 << 20  # read in pieces: a mapped 500 MB library would count fully in this process's memory
+_CHUNK = 1 << 20  # read in pieces: a mapped 500 MB library would count fully in this process's memory
 
 
 def _mentions(path: str, needles: re.Pattern[bytes], longest: int) -> bool:
     """Whether an ELF file's bytes contain one of `needles` (DT_NEEDED strings end with NUL).
 
     One pass over the file whatever the number of names (5 GB of libraries: a few seconds), in
-    chunks that overlap by the longest needle, so memory stays small whatever the file size."""
+    chunks that overlap by the longest needle. One buffer serves every chunk (`readinto`), so the
+    scan allocates nothing per chunk: new 8 MB `bytes` for each read and each overlap join grew
+    the heap of this process by some 70 MB, beside the worker that holds the largest library."""
     fd = open_regular(path)  # never through a link, never a FIFO or a device
     if fd is None:
         return False
     try:
-        with os.fdopen(fd, "rb") as fh:
+        with os.fdopen(fd, "rb", buffering=0) as fh:
             if fh.read(4) != b"\x7fELF":
                 return False
-            tail = b""
-            while block := fh.read(_CHUNK):
-                data = tail + block
-                if needles.search(data) is not None:
+            buf = bytearray(longest + min(_CHUNK, os.fstat(fh.fileno()).st_size))
+            view = memoryview(buf)
+            kept = 0  # bytes at the start of buf carried over from the previous chunk
+            while n := fh.readinto(view[kept:]):
+                end = kept + n
+                if needles.search(buf, 0, end) is not None:
                     return True
-                tail = data[-longest:]
+                kept = min(longest, end)
+                buf[:kept] = buf[end - kept : end]
             return False
     except OSError:
         return False
@@ -119,7 +125,7 @@ class LibraryProtector:
             batch = [rel for rel in dict.fromkeys(todo) if rel not in seen]
             todo = []
             seen.update(batch)
-            reports = _analyse(root, batch)
+            reports = _analyse(root, batch, ctx.pool)
             analysed += len(reports)
             for rel, report in reports.items():
                 for needed in report.needed:
@@ -139,12 +145,15 @@ def _maybe_elf(rel: str, mode: int) -> bool:
     return is_shared_library(rel) or bool(mode & 0o111)
 
 
-def _analyse(root: str, rels: list[str]) -> dict[str, ElfReport]:
+def _analyse(root: str, rels: list[str], pool: WorkerPool | None) -> dict[str, ElfReport]:
+    """LIEF's reports of `rels`, read in the command's warm workers (`pool`) when it has them: a map
+    of its own would start more workers, each importing LIEF, while those idle or still analyse
+    the largest libraries for the strip rules (one map at a time keeps the memory budget)."""
     from slimmer.elf.analyze import analyse_many
 
     if not rels:
         return {}
-    reports = analyse_many([os.path.join(root, rel) for rel in rels])
+    reports = analyse_many([os.path.join(root, rel) for rel in rels], pool=pool)
     by_path = {r.path: r for r in reports if r.error is None}
     return {rel: by_path[p] for rel in rels if (p := os.path.join(root, rel)) in by_path}
 
