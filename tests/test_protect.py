@@ -228,6 +228,23 @@ def test_libraries_nothing_read_when_no_library_goes(tmp_path):
     assert protector.stats.candidates == 0
 
 
+@pytest.mark.tools  # the ELF fixtures (gcc, patchelf)
+def test_library_scan_reads_the_dynamic_string_table_only(tmp_path):
+    # bin/main names libfoo.so.1 in DT_NEEDED: found in its dynamic string table. The same name
+    # appended past the end of libtiny.so's ELF data is no DT_NEEDED string: not a mention.
+    fixtures = _elf_fixtures()
+    needles = re.compile(re.escape(b"libfoo.so.1\0"))
+    main_fd = os.open(fixtures / "bin/main", os.O_RDONLY)
+    table = libraries._dynamic_strings(main_fd, str(fixtures / "bin/main"))
+    os.close(main_fd)
+    assert table is not None and b"libfoo.so.1\0" in table
+    assert len(table) < (fixtures / "bin/main").stat().st_size
+    assert libraries._mentions(str(fixtures / "bin/main"), needles, 12)
+    tiny = tmp_path / "libtiny.so"
+    tiny.write_bytes((fixtures / "lib/libtiny.so").read_bytes() + b"libfoo.so.1\0")
+    assert not libraries._mentions(str(tiny), needles, 12)
+
+
 @pytest.mark.parametrize("at", [4, 60, 61, 62, 63, 64, 65, 100, 120, 155, 156])
 def test_library_scan_finds_a_name_wherever_the_chunks_cut_it(tmp_path, monkeypatch, at):
     # Chunks of 64 bytes: the name lies inside one, across the cut, or ends the file.

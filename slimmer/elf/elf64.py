@@ -33,6 +33,7 @@ SHF_WRITE, SHF_ALLOC = 1, 2
 SHN_UNDEF, SHN_LORESERVE = 0, 0xFF00
 DT_NULL, DT_RELA, DT_RELASZ, DT_REL, DT_JMPREL, DT_PLTRELSZ, DT_PLTREL = 0, 7, 8, 17, 23, 2, 20
 DT_RELRSZ, DT_RELR = 35, 36
+DT_NEEDED, DT_STRTAB, DT_STRSZ = 1, 5, 10
 R_X86_64_64, R_X86_64_RELATIVE = 1, 8
 MAX_TABLE = 1 << 30  # refuse tables larger than this: a hostile header must not make us read 16 EB
 
@@ -144,9 +145,10 @@ class Symbol:
 class ElfFile:
     """The headers of one ELF file, opened read-only; a context manager."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], fd: int | None = None) -> None:
+        """`fd`: a descriptor of `path` opened by the caller (this object owns and closes it)."""
         self.path = os.fspath(path)
-        self.fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC) if fd is None else fd
         try:
             st = os.fstat(self.fd)
             if not stat.S_ISREG(st.st_mode):

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from slimmer.elf.elf64 import DT_NEEDED, DT_STRSZ, DT_STRTAB, MAX_TABLE, ElfFile, ElfFormatError
 from slimmer.safe_read import open_regular
 from slimmer.walk import Kind
 
@@ -50,16 +51,40 @@ def is_shared_library(rel: str) -> bool:
 _CHUNK = 1 << 20  # read in pieces: a mapped 500 MB library would count fully in this process's memory
 
 
-def _mentions(path: str, needles: re.Pattern[bytes], longest: int) -> bool:
-    """Whether an ELF file's bytes contain one of `needles` (DT_NEEDED strings end with NUL).
+def _dynamic_strings(fd: int, path: str) -> bytes | None:
+    """The file's dynamic string table, where its DT_NEEDED names are, found the way the loader finds
+    it (PT_DYNAMIC's DT_STRTAB and DT_STRSZ, through the PT_LOAD that maps them): a few KB to a few
+    MB instead of the whole file. b"" when the file has no DT_NEEDED entry; None when this reader
+    does not take the file (not 64-bit little-endian, odd headers): the caller scans all its bytes."""
+    try:
+        with ElfFile(path, fd=os.dup(fd)) as elf:
+            dynamic = elf.dynamic()
+            if not any(tag == DT_NEEDED for tag, _ in dynamic):
+                return b""
+            tags = dict(dynamic)
+            strtab, strsz = tags.get(DT_STRTAB), tags.get(DT_STRSZ)
+            if strtab is None or strsz is None or strsz > MAX_TABLE:
+                return None
+            return elf.read(elf.offset_of(strtab, strsz), strsz)
+    except (ElfFormatError, OSError):
+        return None
 
-    One pass over the file whatever the number of names (5 GB of libraries: a few seconds), in
-    chunks that overlap by the longest needle. One buffer serves every chunk (`readinto`), so the
+
+def _mentions(path: str, needles: re.Pattern[bytes], longest: int) -> bool:
+    """Whether an ELF file's DT_NEEDED strings may hold one of `needles` (names ending with NUL).
+
+    The dynamic string table is searched when `_dynamic_strings` finds it (5 GB of CUDA libraries:
+    some MB read); otherwise every byte of the file is, in one pass whatever the number of names,
+    in chunks that overlap by the longest needle. One buffer serves every chunk (`readinto`), so the
     scan allocates nothing per chunk: new 8 MB `bytes` for each read and each overlap join grew
     the heap of this process by some 70 MB, beside the worker that holds the largest library."""
     fd = open_regular(path)  # never through a link, never a FIFO or a device
     if fd is None:
         return False
+    table = _dynamic_strings(fd, path)
+    if table is not None:
+        os.close(fd)
+        return needles.search(table) is not None
     try:
         with os.fdopen(fd, "rb", buffering=0) as fh:
             if fh.read(4) != b"\x7fELF":
