@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.measure import Check, check_result, timed_run
+from bench.measure import Check, check_result, say, timed_run
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -100,12 +100,6 @@ class ImageBench:
     results: list[ImageResult] = field(default_factory=list)
 
 
-def _log(msg: str) -> None:
-    import sys
-
-    print(msg, file=sys.stderr, flush=True)
-
-
 class _Chunks(io.RawIOBase):
     """A readable stream over an iterator of bytes (what `docker save` yields)."""
 
@@ -168,18 +162,26 @@ def _remove(client: Any, tag: str) -> None:
         client.images.remove(tag, force=True)
 
 
-def _run_check(client: Any, tag: str, source: str, name: str) -> Check:
-    container = client.containers.run(tag, [f"{ENV}/bin/python", "-c", source, name], detach=True)
+def _smoke(client: Any, tag: str, source: str, arg: str) -> tuple[int, str, str]:
+    """`fixtures/smoke.py ARG` (its SOURCE) in a new container of TAG with the environment's python:
+    (exit code, stdout, stderr); the container is removed. TimeoutError when it outlasts CHECK_TIMEOUT."""
+    container = client.containers.run(tag, [f"{ENV}/bin/python", "-c", source, arg], detach=True)
     try:
         try:
             code = int(container.wait(timeout=CHECK_TIMEOUT)["StatusCode"])
-        except Exception:  # the engine's read timed out: the check hangs
-            return Check("FAIL", CHECK_TIMEOUT, f"timed out after {CHECK_TIMEOUT} s")
+        except Exception as exc:  # the engine's read timed out: the check hangs
+            raise TimeoutError from exc
         out = container.logs(stdout=True, stderr=False).decode(errors="replace")
-        err = container.logs(stdout=False, stderr=True).decode(errors="replace")
-        return check_result(name, code, out, err)
+        return code, out, container.logs(stdout=False, stderr=True).decode(errors="replace")
     finally:
         container.remove(force=True)
+
+
+def _run_check(client: Any, tag: str, source: str, name: str) -> Check:
+    try:
+        return check_result(name, *_smoke(client, tag, source, name))
+    except TimeoutError:
+        return Check("FAIL", CHECK_TIMEOUT, f"timed out after {CHECK_TIMEOUT} s")
 
 
 def _timed_build(client: Any, dockerfile: str, tag: str, context: Path, log_path: Path) -> float:
@@ -270,7 +272,7 @@ class _Bench:
         result.shared = sum(self.gzip.get(d, 0) for d in ids if d in shared) if result.tag != one else 0
         for name in checks:
             result.checks[name] = _run_check(self.client, result.tag, self.smoke, name)
-        _log(
+        say(
             f"[image] {result.variant}: {result.size / 1e6:.0f} MB, gzip {result.gzip / 1e6:.0f} MB; "
             + ", ".join(f"{k} {c.status}" for k, c in result.checks.items())
         )
@@ -324,7 +326,7 @@ def bench_images(
             run.seed_run(one, seed_r, n)
             run.multi_stage(one, apt, wheel, multi, n)
             run.image_slim(one, slim)
-            _log(
+            say(
                 f"[image] run {n + 1}/{repeat}: seed RUN {seed_r.runs[-1].wall_s:.0f} s, multi-stage "
                 f"{multi.runs[-1].wall_s:.0f} s, image slim {slim.runs[-1].wall_s:.0f} s "
                 f"(exit {slim.runs[-1].returncode})"
@@ -347,9 +349,4 @@ def bench_images(
 
 def run_info(client: Any, one: str, source: str) -> list[str]:
     """The smoke checks that apply to the one-stage image's environment."""
-    container = client.containers.run(one, [f"{ENV}/bin/python", "-c", source, "--info"], detach=True)
-    try:
-        container.wait(timeout=CHECK_TIMEOUT)
-        return list(json.loads(container.logs(stdout=True, stderr=False))["checks"])
-    finally:
-        container.remove(force=True)
+    return list(json.loads(_smoke(client, one, source, "--info")[1])["checks"])

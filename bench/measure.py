@@ -9,6 +9,7 @@ import os
 import re
 import stat
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -68,6 +69,11 @@ def largest_elf(root: Path) -> tuple[str, int]:
             if is_elf:
                 best = (os.path.relpath(path, root), st.st_size)
     return best
+
+
+def say(msg: str) -> None:
+    """A progress line of the benchmark, on stderr at once."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.images import ImageBench, bench_images
-from bench.measure import TIME, Check, TreeCount, check_result, count_tree, largest_elf, timed_run
+from bench.measure import TIME, Check, TreeCount, check_result, count_tree, largest_elf, say, timed_run
 from bench.report import SLIMMER_VARIANTS, image_section, render_markdown, render_table
 
 REPO = Path(__file__).resolve().parent.parent
@@ -95,11 +95,11 @@ def plan_alone(env: Env, slimmer: list[str], repeat: int, scratch: Path) -> list
     for n in range(repeat + 1):
         timed = timed_run(cmd, log=log, cwd=scratch)
         if timed.returncode != 0:
-            _log(f"[{env.name}] plan alone failed (exit {timed.returncode}): {_tail(log, 3)}")
+            say(f"[{env.name}] plan alone failed (exit {timed.returncode}): {_tail(log, 3)}")
             return []
         if n:
             walls.append(round(timed.wall_s, 3))
-    _log(f"[{env.name}] plan alone: {', '.join(f'{w:.1f}' for w in walls)} s")
+    say(f"[{env.name}] plan alone: {', '.join(f'{w:.1f}' for w in walls)} s")
     return walls
 
 
@@ -203,10 +203,6 @@ def _copy(src: Path, dest: Path) -> None:
     subprocess.run(["cp", "-a", "--reflink=never", str(src), str(dest)], check=True)
 
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def bench_env(
     env: Env,
     variants: list[str],
@@ -252,7 +248,7 @@ def bench_env(
                 else:
                     run = Run(0, 0.0, 0, 0, before, before)
                 result.runs.append(run)
-                _log(
+                say(
                     f"[{env.name}] run {r + 1}/{repeat} {variant}: {run.wall_s:.1f} s, "
                     f"removed {(before.bytes - run.after.bytes) / 1e6:.1f} MB, exit {run.returncode}"
                 )
@@ -274,7 +270,7 @@ def bench_env(
                     )
                 if r == 0:  # the same checks for every variant, on the first run's copy
                     result.checks = run_checks(copy, env, all_checks, scratch)
-                    _log(
+                    say(
                         f"[{env.name}] checks {variant}: "
                         + ", ".join(f"{k} {c.status}" for k, c in result.checks.items())
                     )
@@ -368,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, PLR0915 - the 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or args.repeat < 1:
-        _log(f"bench: unknown variants {unknown} (known: {', '.join(VARIANTS)}) or --repeat < 1")
+        say(f"bench: unknown variants {unknown} (known: {', '.join(VARIANTS)}) or --repeat < 1")
         return 2
     slimmer = (
         [args.slimmer]
@@ -376,11 +372,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, PLR0915 - the 
         else [sys.executable, "-m", "slimmer"]
     )
     if not os.access(TIME, os.X_OK):
-        _log(f"bench: {TIME} is missing: install the 'time' package ('make bench-tools' does)")
+        say(f"bench: {TIME} is missing: install the 'time' package ('make bench-tools' does)")
         return 2
     seed = args.seed_recipe.resolve()
     if "seed" in variants and not seed.is_file():
-        _log(f"bench: the seed recipe is not at {seed} (shared/ must lie beside the repository; or --seed-recipe)")
+        say(f"bench: the seed recipe is not at {seed} (shared/ must lie beside the repository; or --seed-recipe)")
         return 2
     if "runtime" in variants and not _has_option(_slimmer_help(slimmer, "apply"), "--profile"):
         variants.remove("runtime")
@@ -401,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, PLR0915 - the 
         elif Path(item).is_dir():
             chosen.append((Path(item).resolve().name, Path(item).resolve(), ""))
         else:
-            _log(f"bench: {item!r} is neither a known environment ({', '.join(known)}) nor a folder")
+            say(f"bench: {item!r} is neither a known environment ({', '.join(known)}) nor a folder")
             return 2
 
     work = args.work or Path(tempfile.mkdtemp(prefix="slimmer-bench-"))
@@ -427,12 +423,12 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, PLR0915 - the 
             envs.append(env)
             if env.skipped:
                 notes.append(f"{env.name} not measured: {env.skipped}.")
-                _log(f"bench: skipping {env.name}: {env.skipped}")
+                say(f"bench: skipping {env.name}: {env.skipped}")
                 continue
             assert env.count is not None
             free = shutil.disk_usage(work).free
             if free < env.count.disk_bytes * 1.3 + 2**30:
-                _log(
+                say(
                     f"bench: {work} has {free / 1e9:.1f} GB free; a copy of {env.name} needs about "
                     f"{env.count.disk_bytes * 1.3 / 1e9:.1f} GB"
                 )
@@ -465,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, PLR0915 - the 
             )
             if image.skipped:
                 notes.append(f"image row not measured: {image.skipped}.")
-                _log(f"bench: image row not measured: {image.skipped}")
+                say(f"bench: image row not measured: {image.skipped}")
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
