@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from slimmer.elf.pool import WorkerPool
+    from slimmer.elf.prestrip import Prestrips
     from slimmer.elf.strip import Analysis
     from slimmer.model.plan import GpuPruning, PruneDecision, StripDecision
     from slimmer.rules import Rule, RuleSet
@@ -97,25 +98,28 @@ def _not_removed(selected: dict[str, Rule], removing: dict[str, Rule]) -> dict[s
     return {rel: where for rel, where in selected.items() if not any(a in removing for a in _ancestors(rel))}
 
 
-def _start_strip_analysis(ctx: PlanContext, selected: dict[str, Rule], *, trial: bool) -> Analysis | None:
-    """Start reading the ELF files in `selected` in the background; the protectors that run
-    meanwhile only keep more, so the final selection holds all of them."""
+def _start_strip_analysis(
+    ctx: PlanContext, selected: dict[str, Rule], *, trial: bool, prestrips: Prestrips | None
+) -> Analysis | None:
+    """Start reading the ELF files in `selected` in the background (and stripping them into
+    `prestrips`); the protectors that run meanwhile only keep more, so the final selection holds
+    all of them."""
     if not selected:
         return None
     from slimmer.elf.strip import start_analysis
 
-    return start_analysis(ctx, selected, trial=trial)
+    return start_analysis(ctx, selected, trial=trial, prestrips=prestrips)
 
 
 def _plan_strips(
-    ctx: PlanContext, selected: dict[str, Rule], early: Analysis | None, *, trial: bool
+    ctx: PlanContext, selected: dict[str, Rule], early: Analysis | None, *, trial: bool, prestrips: Prestrips | None
 ) -> tuple[StripDecision, ...]:
     """Decisions for the files that a strip rule selects and no removal takes (reads them with LIEF)."""
     if not selected:
         return ()
     from slimmer.elf.strip import plan_strips
 
-    return tuple(plan_strips(ctx, selected, early, trial=trial))
+    return tuple(plan_strips(ctx, selected, early, trial=trial, prestrips=prestrips))
 
 
 def _protect(
@@ -256,12 +260,15 @@ def make_plan(
     gpu: GpuPruning | None = None,
     trial_strips: bool = True,
     pool: WorkerPool | None = None,
+    prestrips: Prestrips | None = None,
 ) -> Plan:
     """Walk `root`, match `rules`, let `protectors` keep what must stay; change nothing.
 
     `trial_strips=False` (for a plan that is applied at once) leaves the check of a
     patchelf-rewritten file to its real strip instead of stripping a scratch copy first. `pool`:
-    warm workers (`workers_for`) that read the ELF files while the protectors run.
+    warm workers (`workers_for`) that read the ELF files while the protectors run. `prestrips`
+    (for a plan that is applied at once, under the root's lock): the workers also strip each file
+    that needs it into this scratch folder as soon as they have read it, for apply to use.
 
     Steps: 1. walk, start analysing the ELF files a strip rule selects (in the background), and
     decide every path by its rules; 2. protectors keep what must stay; 3. kept paths and mount
@@ -276,14 +283,14 @@ def make_plan(
     strip_rules = _strip_rules(ctx)
     # Read the ELF files now, while the removing rules and the protectors run: the few that a
     # removal takes later are read in vain, and their outcomes are not used.
-    early = _start_strip_analysis(ctx, strip_rules, trial=trial_strips)
+    early = _start_strip_analysis(ctx, strip_rules, trial=trial_strips, prestrips=prestrips)
     removing, negated = _decide_all(tree, layout, rules)
     kept = _kept_by_negation(ctx, removing, negated)
     reads = _protect(ctx, removing, protectors, kept)
     _keep_ancestors(root, tree, removing, kept)
     _whole_folders_only(tree, removing)
     removals, units, outside_links = _removals(tree, owners, removing)
-    strips = _plan_strips(ctx, _not_removed(strip_rules, removing), early, trial=trial_strips)
+    strips = _plan_strips(ctx, _not_removed(strip_rules, removing), early, trial=trial_strips, prestrips=prestrips)
     prunes = _plan_prunes(ctx, removing, gpu)
     return Plan(
         root=root,

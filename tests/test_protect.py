@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from slimmer.cli import main
+from slimmer.elf.analyze import analyse, is_elf
 from slimmer.plan import make_plan
 from slimmer.protect import default_protectors, libraries
 from slimmer.protect.imports import ImportProtector, ModuleFile, import_text, parse_imports
@@ -228,21 +229,44 @@ def test_libraries_nothing_read_when_no_library_goes(tmp_path):
     assert protector.stats.candidates == 0
 
 
+def _elf_files(folder: Path) -> list[Path]:
+    return [p for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink() and is_elf(p)]
+
+
 @pytest.mark.tools  # the ELF fixtures (gcc, patchelf)
-def test_library_scan_reads_the_dynamic_string_table_only(tmp_path):
-    # bin/main names libfoo.so.1 in DT_NEEDED: found in its dynamic string table. The same name
-    # appended past the end of libtiny.so's ELF data is no DT_NEEDED string: not a mention.
-    fixtures = _elf_fixtures()
-    needles = re.compile(re.escape(b"libfoo.so.1\0"))
-    main_fd = os.open(fixtures / "bin/main", os.O_RDONLY)
-    table = libraries._dynamic_strings(main_fd, str(fixtures / "bin/main"))
-    os.close(main_fd)
-    assert table is not None and b"libfoo.so.1\0" in table
-    assert len(table) < (fixtures / "bin/main").stat().st_size
-    assert libraries._mentions(str(fixtures / "bin/main"), needles, 12)
+def test_the_dynamic_section_reader_agrees_with_lief(tmp_path):
+    # What the library protector reads itself (DT_NEEDED, DT_RPATH, DT_RUNPATH through PT_DYNAMIC and
+    # DT_STRTAB) is what LIEF reads, on the fixtures (gcc, patchelf-rewritten, RUNPATH $ORIGIN) and,
+    # when the torch environment is built, on every library of torch's wheel.
+    files = _elf_files(_elf_fixtures())
+    torch_env = os.environ.get("SLIMMER_TORCH_ENV")
+    if torch_env:
+        files += _elf_files(next(Path(torch_env).glob("lib/python3*/site-packages/torch/lib")))
+    compared = 0
+    for path in files:
+        report = analyse(path)
+        if report is None or report.error:  # the truncated fixture: LIEF cannot read it either
+            continue
+        dynamic = libraries.read_dynamic(str(path))
+        assert dynamic is not None, path
+        assert dynamic.needed == tuple(report.needed), path
+        assert (dynamic.rpath, dynamic.runpath) == (tuple(report.rpath), tuple(report.runpath)), path
+        compared += bool(dynamic.needed)
+    assert compared >= 3
+    assert "libfoo.so.1" in libraries.read_dynamic(str(_elf_fixtures() / "bin/main")).needed
+    # A name appended past the ELF data is no DT_NEEDED string.
     tiny = tmp_path / "libtiny.so"
-    tiny.write_bytes((fixtures / "lib/libtiny.so").read_bytes() + b"libfoo.so.1\0")
-    assert not libraries._mentions(str(tiny), needles, 12)
+    tiny.write_bytes((_elf_fixtures() / "lib/libtiny.so").read_bytes() + b"libfoo.so.1\0")
+    assert "libfoo.so.1" not in libraries.read_dynamic(str(tiny)).needed
+    # Files it does not take go to LIEF (None); what cannot be opened as a file needs nothing.
+    (tmp_path / "not-elf.so").write_bytes(b"#!/bin/sh\n" * 10)
+    assert libraries.read_dynamic(str(tmp_path / "not-elf.so")) is None
+    big_endian = bytearray((_elf_fixtures() / "lib/libtiny.so").read_bytes())
+    big_endian[5] = 2
+    (tmp_path / "be.so").write_bytes(bytes(big_endian))
+    assert libraries.read_dynamic(str(tmp_path / "be.so")) is None
+    (tmp_path / "link.so").symlink_to(_elf_fixtures() / "bin/main")
+    assert libraries.read_dynamic(str(tmp_path / "link.so")) == libraries.NO_NEEDS
 
 
 @pytest.mark.parametrize("at", [4, 60, 61, 62, 63, 64, 65, 100, 120, 155, 156])

@@ -75,9 +75,12 @@ def target_options(func: F) -> F:
     return root_argument(rule_options(profile_option(gpu_options(typed))))
 
 
-def _make_plan(root: Path, ruleset: Any, gpu: Any = None, *, trial_strips: bool = False, pool: Any = None) -> Plan:
+def _make_plan(
+    root: Path, ruleset: Any, gpu: Any = None, *, trial_strips: bool = False, pool: Any = None, prestrips: Any = None
+) -> Plan:
     """The plan. A patchelf-rewritten library is checked when it is stripped for real; with
-    `trial_strips` (plan --check-strips) a scratch copy is stripped and checked now instead."""
+    `trial_strips` (plan --check-strips) a scratch copy is stripped and checked now instead.
+    `prestrips` (apply): the files to strip are stripped while the plan runs."""
     from slimmer.plan import make_plan
     from slimmer.progress import Progress
     from slimmer.protect import default_protectors
@@ -90,6 +93,7 @@ def _make_plan(root: Path, ruleset: Any, gpu: Any = None, *, trial_strips: bool 
         gpu=gpu,
         trial_strips=trial_strips,
         pool=pool,
+        prestrips=prestrips,
     )
 
 
@@ -145,17 +149,19 @@ def apply_cmd(
             plan = _make_plan(root_path, ruleset, gpu, pool=pool)
             emit_json(plan_to_dict(plan, top=top)) if as_json else click.echo(render_plan(plan, top=top))
             return
+        from slimmer.elf.prestrip import early_strips
         from slimmer.journal import root_lock
         from slimmer.rewriters import default_rewriters
 
         run = apply_plan if verify is None else verify.apply  # --verify: checks before/after, undo on a regression
-        with root_lock(root_path, wait=wait, reentrant=True):  # planned under the lock: never a stale plan
-            plan = _make_plan(root_path, ruleset, gpu, pool=pool)
+        # Planned under the lock: never a stale plan. The files to strip are stripped while it runs.
+        with root_lock(root_path, wait=wait, reentrant=True), early_strips(root_path, pool) as prestrips:
+            plan = _make_plan(root_path, ruleset, gpu, pool=pool, prestrips=prestrips)
             result = run(
                 plan,
                 commit=not no_commit,
                 wait=wait,
-                rewriters=default_rewriters(gpu, pool),
+                rewriters=default_rewriters(gpu, pool, prestrips),
                 progress=Progress.for_terminal("removing"),
             )
     if as_json:

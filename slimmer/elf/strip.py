@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from slimmer import proc
 from slimmer.elf.analyze import analyse, identity_changes, is_elf
 from slimmer.elf.pool import bounded_map, release_memory
+from slimmer.elf.prestrip import Ready, Refused, Source, scratch_name
 from slimmer.elf.rewrite import discard, keep_owner, run_jobs, writable
 from slimmer.elf.triage import triage
 from slimmer.errors import CommandError
@@ -33,7 +34,8 @@ if TYPE_CHECKING:
     from collections.abc import Generator, Iterable
 
     from slimmer.elf.pool import WorkerPool
-    from slimmer.model.apply import RewriteInput, RewriteOutcome
+    from slimmer.elf.prestrip import Prestrips
+    from slimmer.model.apply import Digest, RewriteInput, RewriteOutcome
     from slimmer.model.plan import PlanContext
     from slimmer.rules import Rule
     from slimmer.walk import Entry
@@ -83,6 +85,7 @@ class _Job:
     path: str
     size: int
     trial: bool = True  # strip a patchelf-rewritten file into a scratch copy and check it now
+    keep_in: str | None = None  # strip a file that needs it into this folder now, and keep it (`Prestrips`)
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ class _Outcome:
     trial_size: int = 0
     by_headers: bool = False  # settled by the triage of the headers; LIEF did not read the file
     trial_run: bool = False  # a patchelf-rewritten file was stripped into a scratch copy and checked
+    early: Ready | Refused | None = None  # the strip made now for apply, kept in `_Job.keep_in`
 
 
 def _settled_by_headers(path: str) -> _Outcome | None:
@@ -120,14 +124,17 @@ def _settled_by_headers(path: str) -> _Outcome | None:
 def _analyse_job(job: _Job) -> _Outcome:
     """Analyse one file: its headers first, and LIEF when they do not settle it. One that patchelf
     rewrote is also stripped into a scratch file outside the root and checked like the real strip,
-    so the plan knows whether stripping it is safe."""
+    so the plan knows whether stripping it is safe. With `keep_in` (apply's `Prestrips`), a file
+    that needs stripping is stripped now into that folder, checked, and kept for apply."""
     settled = _settled_by_headers(job.path)
     if settled is not None:
         return settled
     report = analyse(job.path)
-    if report is None or report.error or report.stripped or not report.patchelf_signs:
+    if report is None or report.error or report.stripped or report.strip_saving < MIN_SAVING:
         return _Outcome(report)
-    if report.strip_saving < MIN_SAVING or not job.trial:
+    if job.keep_in is not None:
+        return _Outcome(report, early=_strip_early(job.path, job.keep_in, report))
+    if not report.patchelf_signs or not job.trial:
         return _Outcome(report)
     release_memory()  # the parsed original is gone; strip needs about the file size again
     scratch = tempfile.mkdtemp(prefix="slimmer-strip-")
@@ -140,6 +147,24 @@ def _analyse_job(job: _Job) -> _Outcome:
         return _Outcome(report, check_stripped(report, after), after.size if after else 0, trial_run=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _strip_early(path: str, folder: str, before: ElfReport) -> Ready | Refused | None:
+    """Strip `path` into `folder` and check it as apply's strip does; None if it cannot be read."""
+    try:
+        source = Source.of(os.lstat(path))
+    except OSError:
+        return None
+    release_memory()  # the parsed original is gone; strip needs about the file size again
+    dest = os.path.join(folder, scratch_name())
+    why = run_strip(path, dest)
+    after = analyse(dest) if why is None else None
+    if why is None:
+        why = check_stripped(before, after)
+    if why is not None or after is None:
+        discard(dest)
+        return Refused(why or "not ELF after the strip", source)
+    return Ready(os.path.basename(dest), source, after.size)
 
 
 def decide(  # noqa: PLR0911 - one return per Skip reason, in the order they are checked
@@ -187,14 +212,29 @@ def decide(  # noqa: PLR0911 - one return per Skip reason, in the order they are
 class Analysis:
     """The analysis of ELF files under `root`, running in the shared worker pool while the caller
     goes on (the plan starts it before its protectors run, on the files a strip rule selects then:
-    protectors only keep more, so those stay selected). `outcomes` waits for it to end."""
+    protectors only keep more, so those stay selected). `outcomes` waits for it to end. With
+    `prestrips`, the files in `early` are also stripped as soon as they are analysed (`Prestrips`)."""
 
     def __init__(
-        self, root: str, rels: Iterable[str], sizes: dict[str, int], pool: WorkerPool, *, trial: bool = True
+        self,
+        root: str,
+        sizes: dict[str, int],
+        pool: WorkerPool,
+        *,
+        trial: bool = True,
+        prestrips: Prestrips | None = None,
+        early: frozenset[str] = frozenset(),
     ) -> None:
         self.pool = pool
-        self.paths = {rel: os.path.join(root, rel) for rel in rels}
-        self._jobs = [_Job(path, sizes[rel], trial) for rel, path in self.paths.items() if is_elf(path)]
+        self.prestrips = prestrips
+        self.paths = {rel: os.path.join(root, rel) for rel in sizes}
+        self._rels = {path: rel for rel, path in self.paths.items()}
+        keep_in = prestrips.folder if prestrips is not None else None
+        self._jobs = [
+            _Job(path, sizes[rel], trial, keep_in if rel in early else None)
+            for rel, path in self.paths.items()
+            if is_elf(path)
+        ]
         self._outcomes: dict[str, _Outcome] = {}
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="slimmer-elf-analysis", daemon=True)
@@ -204,6 +244,8 @@ class Analysis:
         try:
             for job, outcome in bounded_map(_analyse_job, self._jobs, cost=lambda j: j.size, pool=self.pool):
                 self._outcomes[job.path] = outcome
+                if self.prestrips is not None and outcome.early is not None:
+                    self.prestrips.arrived(self._rels[job.path], outcome.early)
         except BaseException as exc:  # handed to the caller in `outcomes`
             self._error = exc
 
@@ -215,23 +257,39 @@ class Analysis:
         return self._outcomes
 
 
-def start_analysis(ctx: PlanContext, rels: Iterable[str], *, trial: bool = True) -> Analysis | None:
+def _worth_stripping_early(ctx: PlanContext, rel: str) -> bool:
+    """Whether the decision could be to strip `rel`, as far as its walk entry tells (one link, a
+    mode that lets apply replace it): only those are stripped early."""
+    entry = ctx.by_rel[rel]
+    return entry.nlink == 1 and writable(os.path.join(ctx.tree.root, rel), entry.mode)
+
+
+def start_analysis(
+    ctx: PlanContext, rels: Iterable[str], *, trial: bool = True, prestrips: Prestrips | None = None
+) -> Analysis | None:
     """Analyse `rels` in the background when a shared worker pool runs (else None: `plan_strips`
     analyses everything itself, as a background thread would only compete with the caller)."""
     if ctx.pool is None:
         return None
     sizes = {rel: ctx.by_rel[rel].size for rel in rels}
-    return Analysis(os.fspath(ctx.tree.root), sizes, sizes, ctx.pool, trial=trial)
+    early = frozenset(rel for rel in sizes if prestrips is not None and _worth_stripping_early(ctx, rel))
+    return Analysis(os.fspath(ctx.tree.root), sizes, ctx.pool, trial=trial, prestrips=prestrips, early=early)
 
 
 def plan_strips(
-    ctx: PlanContext, selected: dict[str, Rule], early: Analysis | None = None, *, trial: bool = True
+    ctx: PlanContext,
+    selected: dict[str, Rule],
+    early: Analysis | None = None,
+    *,
+    trial: bool = True,
+    prestrips: Prestrips | None = None,
 ) -> list[StripDecision]:
     """Decisions for the files `selected` ({rel: the strip rule that selects it}); reads only. `early`
     is an analysis started before (of some of them): only the others are analysed now. `trial`: strip
     each patchelf-rewritten file into a scratch copy and check it now (`slimmer plan`, which must
     predict); without it the check runs on the real strip (`slimmer apply`, which would strip the
-    file twice otherwise), and a file that fails it is left as it is then."""
+    file twice otherwise), and a file that fails it is left as it is then. `prestrips`: strip the
+    files analysed here at once too, into its folder (`Prestrips`)."""
     root = os.fspath(ctx.tree.root)
     links = ctx.tree.links_inside()
     outcomes_by_path = early.outcomes() if early is not None else {}
@@ -244,9 +302,12 @@ def plan_strips(
         path = os.path.join(root, rel)
         if not is_elf(path):
             continue
-        jobs.append(_Job(path, entry.size, trial))
+        keep_in = prestrips.folder if prestrips is not None and _worth_stripping_early(ctx, rel) else None
+        jobs.append(_Job(path, entry.size, trial, keep_in))
     for job, outcome in bounded_map(_analyse_job, jobs, cost=lambda j: j.size, pool=ctx.pool):
         outcomes_by_path[job.path] = outcome
+        if prestrips is not None and outcome.early is not None:
+            prestrips.arrived(os.path.relpath(job.path, root), outcome.early)
     decisions = []
     for rel, rule in selected.items():
         entry = ctx.by_rel[rel]
@@ -284,20 +345,29 @@ def _strip_job(job: _StripJob) -> str | None:
 
 
 class Stripper:
-    """The `Rewriter` that strips the files the plan says to strip, in parallel, memory-bounded."""
+    """The `Rewriter` that strips the files the plan says to strip, in parallel, memory-bounded.
+    `prestrips`: the strips made while the plan ran; each one still valid is moved into place
+    instead of stripping the file again."""
 
     name = "strip"
 
-    def __init__(self, *, jobs: int | None = None, pool: WorkerPool | None = None) -> None:
+    def __init__(
+        self, *, jobs: int | None = None, pool: WorkerPool | None = None, prestrips: Prestrips | None = None
+    ) -> None:
         self.jobs = jobs
         self.pool = pool
+        self.prestrips = prestrips
 
     def rewrite(self, given: RewriteInput) -> Generator[str, None, RewriteOutcome]:
+        from types import MappingProxyType
+
+        from slimmer.model.apply import RewriteOutcome
         from slimmer.targets import file_under
 
         plan = given.plan
         skipped: list[tuple[str, str]] = []
         work = []
+        digests: dict[str, Digest] = {}
         for d in plan.strips:
             if d.verdict is not Verdict.STRIP or d.report is None:
                 continue
@@ -305,5 +375,21 @@ class Stripper:
             if src is None:
                 skipped.append((d.rel, "no longer a file under the root"))
                 continue
-            work.append(_StripJob(src, os.fspath(given.tmp_for(d.rel)), d.size, d.report))
-        return (yield from run_jobs(_strip_job, work, root=plan.root, skipped=skipped, jobs=self.jobs, pool=self.pool))
+            refused = self.prestrips.refused(d.rel, src) if self.prestrips is not None else None
+            if refused is not None:
+                skipped.append((d.rel, refused))
+                continue
+            tmp = os.fspath(given.tmp_for(d.rel))
+            if self.prestrips is not None:
+                try:
+                    digest = self.prestrips.place(d.rel, src, tmp)
+                except (LookupError, OSError):
+                    pass  # none made, or stale: stripped now like the others
+                else:
+                    if digest is not None:
+                        digests[d.rel] = digest
+                    yield d.rel
+                    continue
+            work.append(_StripJob(src, tmp, d.size, d.report))
+        outcome = yield from run_jobs(_strip_job, work, root=plan.root, skipped=skipped, jobs=self.jobs, pool=self.pool)
+        return RewriteOutcome(outcome.skipped, MappingProxyType({**digests, **outcome.digests}))

@@ -6,9 +6,11 @@ its DT_RUNPATH, with `$ORIGIN` meaning the file's own folder, then in the enviro
 keeps what it needs in turn, and a symlink keeps the file it points to (inside the root).
 Absolute search paths name the machine the environment runs on, not this root: they are ignored.
 
-Nothing is read when the plan removes no shared library. Otherwise only kept ELF files whose
-bytes contain the name of a removed library (as DT_NEEDED strings are stored) are analysed, with
-`slimmer.elf.analyze`. Reads only.
+Nothing is read when the plan removes no shared library. Otherwise each kept ELF file's dynamic
+section is read as the loader reads it (PT_DYNAMIC, then DT_NEEDED, DT_RPATH and DT_RUNPATH in the
+string table DT_STRTAB names): a few KB per file, in this process. A file this reader does not
+take (not 64-bit little-endian, odd headers) is analysed with LIEF (`slimmer.elf.analyze`) when
+its bytes contain the name of a removed library. Reads only.
 """
 
 from __future__ import annotations
@@ -20,13 +22,21 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from slimmer.elf.elf64 import DT_NEEDED, DT_STRSZ, DT_STRTAB, MAX_TABLE, ElfFile, ElfFormatError
+from slimmer.elf.elf64 import (
+    DT_NEEDED,
+    DT_RPATH,
+    DT_RUNPATH,
+    DT_STRSZ,
+    DT_STRTAB,
+    MAX_TABLE,
+    ElfFile,
+    ElfFormatError,
+)
 from slimmer.safe_read import open_regular
 from slimmer.walk import Kind
 
 if TYPE_CHECKING:
     from slimmer.elf.pool import WorkerPool
-    from slimmer.model.elf import ElfReport
     from slimmer.model.plan import PlanContext
     from slimmer.rules import Rule
 
@@ -51,40 +61,90 @@ def is_shared_library(rel: str) -> bool:
 _CHUNK = 1 << 20  # read in pieces: a mapped 500 MB library would count fully in this process's memory
 
 
-def _dynamic_strings(fd: int, path: str) -> bytes | None:
-    """The file's dynamic string table, where its DT_NEEDED names are, found the way the loader finds
-    it (PT_DYNAMIC's DT_STRTAB and DT_STRSZ, through the PT_LOAD that maps them): a few KB to a few
-    MB instead of the whole file. b"" when the file has no DT_NEEDED entry; None when this reader
-    does not take the file (not 64-bit little-endian, odd headers): the caller scans all its bytes."""
+@dataclass(frozen=True)
+class Dynamic:
+    """What the loader reads to find a file's libraries (the fields of `ElfReport` of those names)."""
+
+    needed: tuple[str, ...] = ()
+    rpath: tuple[str, ...] = ()
+    runpath: tuple[str, ...] = ()
+
+
+NO_NEEDS = Dynamic()
+
+
+def read_dynamic(path: str) -> Dynamic | None:
+    """DT_NEEDED, DT_RPATH and DT_RUNPATH of an ELF file, found the way the loader finds them
+    (PT_DYNAMIC, then its strings in the DT_STRTAB/DT_STRSZ table, through the PT_LOAD that maps
+    it): a few KB read. `NO_NEEDS` for a file that cannot be opened as a regular file or has no
+    DT_NEEDED; None when this reader does not take the file (not ELF, not 64-bit little-endian,
+    odd headers): the caller falls back to LIEF."""
+    fd = open_regular(path)  # never through a link, never a FIFO or a device
+    if fd is None:
+        return NO_NEEDS
     try:
-        with ElfFile(path, fd=os.dup(fd)) as elf:
+        with ElfFile(path, fd=fd) as elf:
             dynamic = elf.dynamic()
             if not any(tag == DT_NEEDED for tag, _ in dynamic):
-                return b""
+                return NO_NEEDS
             tags = dict(dynamic)
             strtab, strsz = tags.get(DT_STRTAB), tags.get(DT_STRSZ)
             if strtab is None or strsz is None or strsz > MAX_TABLE:
                 return None
-            return elf.read(elf.offset_of(strtab, strsz), strsz)
+            table = elf.read(elf.offset_of(strtab, strsz), strsz)
+
+            def strings(wanted: int) -> tuple[str, ...]:
+                out = []
+                for tag, offset in dynamic:
+                    if tag != wanted:
+                        continue
+                    end = table.find(b"\0", offset)
+                    if offset >= len(table) or end < 0:
+                        msg = f"dynamic string at {offset:#x} is outside its table"
+                        raise ElfFormatError(msg)
+                    out.append(table[offset:end].decode("utf-8", "surrogateescape"))
+                return tuple(out)
+
+            return Dynamic(strings(DT_NEEDED), _split(strings(DT_RPATH)), _split(strings(DT_RUNPATH)))
     except (ElfFormatError, OSError):
         return None
 
 
-def _mentions(path: str, needles: re.Pattern[bytes], longest: int) -> bool:
-    """Whether an ELF file's DT_NEEDED strings may hold one of `needles` (names ending with NUL).
+def _split(paths: tuple[str, ...]) -> tuple[str, ...]:
+    """Search paths as LIEF's report gives them: each entry's parts, in order."""
+    return tuple(part for value in paths for part in value.split(":") if part)
 
-    The dynamic string table is searched when `_dynamic_strings` finds it (5 GB of CUDA libraries:
-    some MB read); otherwise every byte of the file is, in one pass whatever the number of names,
-    in chunks that overlap by the longest needle. One buffer serves every chunk (`readinto`), so the
-    scan allocates nothing per chunk: new 8 MB `bytes` for each read and each overlap join grew
-    the heap of this process by some 70 MB, beside the worker that holds the largest library."""
+
+def _first_round(root: str, candidates: list[str], names: set[str]) -> tuple[list[str], dict[str, Dynamic]]:
+    """The candidates that need one of `names` (or, read by no faster means, may), and what
+    `read_dynamic` read of every candidate it takes."""
+    encoded = sorted(n.encode("utf-8", "surrogateescape") + b"\0" for n in names)
+    needles = re.compile(b"|".join(re.escape(n) for n in encoded))
+    longest = max(len(n) for n in encoded)
+    known: dict[str, Dynamic] = {}
+    todo = []
+    for rel in candidates:
+        path = os.path.join(root, rel)
+        dynamic = read_dynamic(path)
+        if dynamic is not None:
+            known[rel] = dynamic
+            if names.intersection(dynamic.needed):
+                todo.append(rel)
+        elif len(names) > MAX_NAMES_FOR_PREFILTER or _mentions(path, needles, longest):
+            todo.append(rel)  # LIEF reads it
+    return todo, known
+
+
+def _mentions(path: str, needles: re.Pattern[bytes], longest: int) -> bool:
+    """Whether a file that `read_dynamic` does not take holds one of `needles` (names ending with
+    NUL, as DT_NEEDED strings are stored) anywhere in its bytes: one pass whatever the number of
+    names, in chunks that overlap by the longest needle. One buffer serves every chunk
+    (`readinto`), so the scan allocates nothing per chunk: new 8 MB `bytes` for each read and each
+    overlap join grew the heap of this process by some 70 MB, beside the worker that holds the
+    largest library."""
     fd = open_regular(path)  # never through a link, never a FIFO or a device
     if fd is None:
         return False
-    table = _dynamic_strings(fd, path)
-    if table is not None:
-        os.close(fd)
-        return needles.search(table) is not None
     try:
         with os.fdopen(fd, "rb", buffering=0) as fh:
             if fh.read(4) != b"\x7fELF":
@@ -136,13 +196,7 @@ class LibraryProtector:
                 and any(t in removed_set for t in _link_chain(ctx, root, e.rel)[1:])
             ):
                 names.add(e.rel.rpartition("/")[2])
-        if len(names) <= MAX_NAMES_FOR_PREFILTER:
-            encoded = sorted(n.encode() + b"\0" for n in names)
-            needles = re.compile(b"|".join(re.escape(n) for n in encoded))
-            longest = max(len(n) for n in encoded)
-            todo = [rel for rel in candidates if _mentions(os.path.join(root, rel), needles, longest)]
-        else:
-            todo = candidates
+        todo, known = _first_round(root, candidates, names)
         keep: dict[str, str] = {}
         analysed = 0
         seen: set[str] = set()
@@ -150,7 +204,7 @@ class LibraryProtector:
             batch = [rel for rel in dict.fromkeys(todo) if rel not in seen]
             todo = []
             seen.update(batch)
-            reports = _analyse(root, batch, ctx.pool)
+            reports = _dynamics(root, batch, known, ctx.pool)
             analysed += len(reports)
             for rel, report in reports.items():
                 for needed in report.needed:
@@ -170,17 +224,29 @@ def _maybe_elf(rel: str, mode: int) -> bool:
     return is_shared_library(rel) or bool(mode & 0o111)
 
 
-def _analyse(root: str, rels: list[str], pool: WorkerPool | None) -> dict[str, ElfReport]:
-    """LIEF's reports of `rels`, read in the command's warm workers (`pool`) when it has them: a map
-    of its own would start more workers, each importing LIEF, while those idle or still analyse
-    the largest libraries for the strip rules (one map at a time keeps the memory budget)."""
+def _dynamics(root: str, rels: list[str], known: dict[str, Dynamic], pool: WorkerPool | None) -> dict[str, Dynamic]:
+    """What the loader reads of each of `rels`: from `read_dynamic`, or from LIEF for a file that
+    reader does not take, read in the command's warm workers (`pool`) when it has them: a map of
+    its own would start more workers, each importing LIEF (one map at a time keeps the memory
+    budget, so these wait for the strip analysis to end)."""
     from slimmer.elf.analyze import analyse_many
 
-    if not rels:
-        return {}
-    reports = analyse_many([os.path.join(root, rel) for rel in rels], pool=pool)
-    by_path = {r.path: r for r in reports if r.error is None}
-    return {rel: by_path[p] for rel in rels if (p := os.path.join(root, rel)) in by_path}
+    out: dict[str, Dynamic] = {}
+    lief = []
+    for rel in rels:
+        dynamic = known.get(rel) or read_dynamic(os.path.join(root, rel))
+        if dynamic is not None:
+            out[rel] = dynamic
+        else:
+            lief.append(rel)
+    if lief:
+        reports = analyse_many([os.path.join(root, rel) for rel in lief], pool=pool)
+        by_path = {r.path: r for r in reports if r.error is None}
+        for rel in lief:
+            report = by_path.get(os.path.join(root, rel))
+            if report is not None:
+                out[rel] = Dynamic(tuple(report.needed), tuple(report.rpath), tuple(report.runpath))
+    return out
 
 
 def _display(ctx: PlanContext, rel: str) -> str:
@@ -196,7 +262,7 @@ def _inside(rel: str) -> str | None:
     return "" if norm == "." else norm
 
 
-def _resolve(ctx: PlanContext, rel: str, needed: str, report: ElfReport, lib_dirs: list[str]) -> str | None:
+def _resolve(ctx: PlanContext, rel: str, needed: str, report: Dynamic, lib_dirs: list[str]) -> str | None:
     """The root-relative path the loader would map for `needed`, if it lies in the root."""
     origin = rel.rpartition("/")[0]
     if "/" in needed:

@@ -10,19 +10,23 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from slimmer.elf.pool import WorkerPool
+    from slimmer.elf.prestrip import Prestrips
     from slimmer.model.apply import Rewriter
     from slimmer.model.plan import GpuPruning
 
 
-def default_rewriters(gpu: GpuPruning | None = None, pool: WorkerPool | None = None) -> tuple[Rewriter, ...]:
-    """The chain in its order; `pool`: warm workers for the ELF rewriters (else each makes its own)."""
+def default_rewriters(
+    gpu: GpuPruning | None = None, pool: WorkerPool | None = None, prestrips: Prestrips | None = None
+) -> tuple[Rewriter, ...]:
+    """The chain in its order; `pool`: warm workers for the ELF rewriters (else each makes its own);
+    `prestrips`: the strips the plan made already (`slimmer apply`)."""
     from slimmer.elf.pruner import Pruner
     from slimmer.elf.strip import Stripper
     from slimmer.rewriters.condameta import CondaMetaRewriter
     from slimmer.rewriters.records import RecordRewriter
 
     return (
-        Stripper(pool=pool),
+        Stripper(pool=pool, prestrips=prestrips),
         *([Pruner(gpu, pool=pool)] if gpu else []),
         RecordRewriter(),
         CondaMetaRewriter(),
