@@ -427,8 +427,13 @@ class ImportProtector:
         prefilter = _Prefilter(removed.values())
         removed_names = {m.name for m in removed.values()}
 
+        def settled(name: str) -> bool:
+            """Whether `need(name)` would keep nothing more: every removed file it names is kept."""
+            return all(t.rel not in removed or t.rel in keep for p in _prefixes(name) for t in index.files(p))
+
         def visit(module: ModuleFile) -> None:
-            """Parse `module` if its import lines can name a removed module; keep what it imports."""
+            """Parse `module` if its import lines can name a removed module that is not kept yet (the
+            lines the text shows hold every import the parse finds, and more); keep what it imports."""
             nonlocal scanned, parsed
             got = _read(os.path.join(root, module.rel))
             if got is None:
@@ -440,7 +445,8 @@ class ImportProtector:
                 found = import_text(source)
                 if not prefilter.may_import(module, found):
                     return
-                if not any(n in removed_names for ref in text_imports(found, module) for n in _names(ref)):
+                named = {n for ref in text_imports(found, module) for n in _names(ref) if n in removed_names}
+                if all(settled(n) for n in named):
                     return
             parsed += key not in _CACHE
             for ref in _imports_cached(source, key, module):
