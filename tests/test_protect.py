@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from slimmer.cli import main
+from slimmer.elf import identity
 from slimmer.elf.analyze import analyse, is_elf
 from slimmer.plan import make_plan
 from slimmer.protect import default_protectors, libraries
@@ -247,26 +248,27 @@ def test_the_dynamic_section_reader_agrees_with_lief(tmp_path):
         report = analyse(path)
         if report is None or report.error:  # the truncated fixture: LIEF cannot read it either
             continue
-        dynamic = libraries.read_dynamic(str(path))
+        dynamic = identity.read_dynamic(str(path))
         assert dynamic is not None, path
         assert dynamic.needed == tuple(report.needed), path
         assert (dynamic.rpath, dynamic.runpath) == (tuple(report.rpath), tuple(report.runpath)), path
+        assert dynamic.soname == report.soname, path
         compared += bool(dynamic.needed)
     assert compared >= 3
-    assert "libfoo.so.1" in libraries.read_dynamic(str(_elf_fixtures() / "bin/main")).needed
+    assert "libfoo.so.1" in identity.read_dynamic(str(_elf_fixtures() / "bin/main")).needed
     # A name appended past the ELF data is no DT_NEEDED string.
     tiny = tmp_path / "libtiny.so"
     tiny.write_bytes((_elf_fixtures() / "lib/libtiny.so").read_bytes() + b"libfoo.so.1\0")
-    assert "libfoo.so.1" not in libraries.read_dynamic(str(tiny)).needed
+    assert "libfoo.so.1" not in identity.read_dynamic(str(tiny)).needed
     # Files it does not take go to LIEF (None); what cannot be opened as a file needs nothing.
     (tmp_path / "not-elf.so").write_bytes(b"#!/bin/sh\n" * 10)
-    assert libraries.read_dynamic(str(tmp_path / "not-elf.so")) is None
+    assert identity.read_dynamic(str(tmp_path / "not-elf.so")) is None
     big_endian = bytearray((_elf_fixtures() / "lib/libtiny.so").read_bytes())
     big_endian[5] = 2
     (tmp_path / "be.so").write_bytes(bytes(big_endian))
-    assert libraries.read_dynamic(str(tmp_path / "be.so")) is None
+    assert identity.read_dynamic(str(tmp_path / "be.so")) is None
     (tmp_path / "link.so").symlink_to(_elf_fixtures() / "bin/main")
-    assert libraries.read_dynamic(str(tmp_path / "link.so")) == libraries.NO_NEEDS
+    assert identity.read_dynamic(str(tmp_path / "link.so")) == identity.NO_NEEDS
 
 
 @pytest.mark.parametrize("at", [4, 60, 61, 62, 63, 64, 65, 100, 120, 155, 156])

@@ -5,7 +5,7 @@ a strip rule selects while the removing rules and the protectors run. With a `Pr
 worker that analysed a file that needs stripping strips it at once into a scratch folder of the
 root's state folder (`ROOT/.slimmer/prestrip-<pid>-<token>/`, verified like every state folder:
 a real folder on the root's file system, ours, writable by no one else) and checks the result
-exactly as apply's own strip does (`check_stripped` against LIEF's report of the original). The
+exactly as apply's own strip does (`check_output` against LIEF's report of the original). The
 RECORD hash of the new file is taken here, in a thread, while the plan goes on.
 
 `Stripper` then renames a pre-stripped file into the journaled temporary name beside its original

@@ -1,9 +1,12 @@
 """Decide which ELF files to strip, and strip them safely (the `Stripper` rewriter).
 
 A file is stripped with binutils (`strip --strip-unneeded --preserve-dates -o TMP FILE`) into a temporary file
-beside it, and the result is read back with LIEF: same DT_NEEDED, SONAME, RPATH/RUNPATH,
-build-id and debuglink, every PT_LOAD still aligned the way the loader demands, device code
-byte-for-byte the same, and the file smaller. Only then does `slimmer.apply` stage the original
+beside it, after LIEF's analysis of the original, and the result is checked (`check_output`): same
+DT_NEEDED, SONAME, RPATH/RUNPATH, build-id and debuglink, every PT_LOAD still aligned the way the
+loader demands, device code byte-for-byte the same as LIEF read it, and the file smaller. Those
+are header questions: `slimmer.elf.identity` reads them from both files (a few KB each, plus the
+device code's bytes), and LIEF reads the output whole only where that reader does not take it.
+Only then does `slimmer.apply` stage the original
 (so `slimmer undo` restores it) and rename the new file into place with the original's mode.
 
 Never writes anything but the temporary files it is given (and, when planning, a scratch copy in
@@ -22,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from slimmer import proc
 from slimmer.elf.analyze import analyse, identity_changes, is_elf
+from slimmer.elf.identity import read_identity, rewrite_problems
 from slimmer.elf.pool import bounded_map, release_memory
 from slimmer.elf.prestrip import Ready, Refused, Source, scratch_name
 from slimmer.elf.rewrite import discard, keep_owner, run_jobs, writable
@@ -78,6 +82,18 @@ def check_stripped(before: ElfReport, after: ElfReport | None) -> str | None:
     if after.size >= before.size:
         problems.append(f"not smaller ({before.size} -> {after.size} bytes)")
     return "; ".join(problems) or None
+
+
+def check_output(src: str, dest: str, before: ElfReport) -> tuple[str | None, int]:
+    """Whether strip's output `dest` may replace `src` (LIEF's report `before`): (None, or why not;
+    the output's size). Read from the headers of both files (`slimmer.elf.identity`); LIEF reads the
+    output only when that reader does not take one of them."""
+    original = read_identity(src, fatbin=False)  # its device code: as LIEF read it, in `before`
+    after = read_identity(dest) if original is not None else None
+    if original is not None and after is not None:
+        return rewrite_problems(before, original, after), after.size
+    report = analyse(dest)
+    return check_stripped(before, report), report.size if report is not None else 0
 
 
 @dataclass(frozen=True)
@@ -143,8 +159,8 @@ def _analyse_job(job: _Job) -> _Outcome:
         failure = run_strip(job.path, dest)
         if failure:
             return _Outcome(report, failure)
-        after = analyse(dest)
-        return _Outcome(report, check_stripped(report, after), after.size if after else 0, trial_run=True)
+        why, new_size = check_output(job.path, dest, report)
+        return _Outcome(report, why, new_size, trial_run=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -158,13 +174,13 @@ def _strip_early(path: str, folder: str, before: ElfReport) -> Ready | Refused |
     release_memory()  # the parsed original is gone; strip needs about the file size again
     dest = os.path.join(folder, scratch_name())
     why = run_strip(path, dest)
-    after = analyse(dest) if why is None else None
+    new_size = 0
     if why is None:
-        why = check_stripped(before, after)
-    if why is not None or after is None:
+        why, new_size = check_output(path, dest, before)
+    if why is not None:
         discard(dest)
-        return Refused(why or "not ELF after the strip", source)
-    return Ready(os.path.basename(dest), source, after.size)
+        return Refused(why, source)
+    return Ready(os.path.basename(dest), source, new_size)
 
 
 def decide(  # noqa: PLR0911 - one return per Skip reason, in the order they are checked
@@ -335,9 +351,8 @@ def _strip_job(job: _StripJob) -> str | None:
         return "changed since the plan"
     why = run_strip(job.src, job.tmp)
     if why is None:
-        after = analyse(job.tmp)
-        why = check_stripped(job.before, after)
-        if why is None and after is not None:
+        why, _ = check_output(job.src, job.tmp, job.before)
+        if why is None:
             keep_owner(job.tmp, st)
             return None
     discard(job.tmp)

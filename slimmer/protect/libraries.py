@@ -22,16 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from slimmer.elf.elf64 import (
-    DT_NEEDED,
-    DT_RPATH,
-    DT_RUNPATH,
-    DT_STRSZ,
-    DT_STRTAB,
-    MAX_TABLE,
-    ElfFile,
-    ElfFormatError,
-)
+from slimmer.elf.identity import Dynamic, read_dynamic
 from slimmer.safe_read import open_regular
 from slimmer.walk import Kind
 
@@ -59,60 +50,6 @@ def is_shared_library(rel: str) -> bool:
 
 
 _CHUNK = 1 << 20  # read in pieces: a mapped 500 MB library would count fully in this process's memory
-
-
-@dataclass(frozen=True)
-class Dynamic:
-    """What the loader reads to find a file's libraries (the fields of `ElfReport` of those names)."""
-
-    needed: tuple[str, ...] = ()
-    rpath: tuple[str, ...] = ()
-    runpath: tuple[str, ...] = ()
-
-
-NO_NEEDS = Dynamic()
-
-
-def read_dynamic(path: str) -> Dynamic | None:
-    """DT_NEEDED, DT_RPATH and DT_RUNPATH of an ELF file, found the way the loader finds them
-    (PT_DYNAMIC, then its strings in the DT_STRTAB/DT_STRSZ table, through the PT_LOAD that maps
-    it): a few KB read. `NO_NEEDS` for a file that cannot be opened as a regular file or has no
-    DT_NEEDED; None when this reader does not take the file (not ELF, not 64-bit little-endian,
-    odd headers): the caller falls back to LIEF."""
-    fd = open_regular(path)  # never through a link, never a FIFO or a device
-    if fd is None:
-        return NO_NEEDS
-    try:
-        with ElfFile(path, fd=fd) as elf:
-            dynamic = elf.dynamic()
-            if not any(tag == DT_NEEDED for tag, _ in dynamic):
-                return NO_NEEDS
-            tags = dict(dynamic)
-            strtab, strsz = tags.get(DT_STRTAB), tags.get(DT_STRSZ)
-            if strtab is None or strsz is None or strsz > MAX_TABLE:
-                return None
-            table = elf.read(elf.offset_of(strtab, strsz), strsz)
-
-            def strings(wanted: int) -> tuple[str, ...]:
-                out = []
-                for tag, offset in dynamic:
-                    if tag != wanted:
-                        continue
-                    end = table.find(b"\0", offset)
-                    if offset >= len(table) or end < 0:
-                        msg = f"dynamic string at {offset:#x} is outside its table"
-                        raise ElfFormatError(msg)
-                    out.append(table[offset:end].decode("utf-8", "surrogateescape"))
-                return tuple(out)
-
-            return Dynamic(strings(DT_NEEDED), _split(strings(DT_RPATH)), _split(strings(DT_RUNPATH)))
-    except (ElfFormatError, OSError):
-        return None
-
-
-def _split(paths: tuple[str, ...]) -> tuple[str, ...]:
-    """Search paths as LIEF's report gives them: each entry's parts, in order."""
-    return tuple(part for value in paths for part in value.split(":") if part)
 
 
 def _first_round(root: str, candidates: list[str], names: set[str]) -> tuple[list[str], dict[str, Dynamic]]:
