@@ -25,23 +25,6 @@ if TYPE_CHECKING:
 ELF_MAGIC = b"\x7fELF"
 
 
-def identity_changes(before: ElfReport, after: ElfReport) -> list[str]:
-    """How `after` differs from `before` in what the loader and debuggers look up a file by:
-    DT_NEEDED, SONAME, RPATH/RUNPATH, build-id, debuglink. A rewrite (strip, prune) keeps them all."""
-    problems = []
-    if after.needed != before.needed:
-        problems.append(f"DT_NEEDED changed {list(before.needed)} -> {list(after.needed)}")
-    if after.soname != before.soname:
-        problems.append(f"SONAME changed {before.soname} -> {after.soname}")
-    if (after.rpath, after.runpath) != (before.rpath, before.runpath):
-        problems.append("RPATH/RUNPATH changed")
-    if after.build_id != before.build_id:
-        problems.append("build-id changed")
-    if after.debuglink != before.debuglink:
-        problems.append(".gnu_debuglink changed")
-    return problems
-
-
 def is_elf(path: str | os.PathLike[str]) -> bool:
     """True if `path` is a regular file (not a symlink) that starts with the ELF magic."""
     try:

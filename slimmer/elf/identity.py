@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from slimmer.elf.elf64 import (
     DT_NEEDED,
@@ -73,6 +73,22 @@ class Identity:
     @property
     def load_aligned(self) -> bool:
         return all(s.aligned for s in self.loads)
+
+    @property
+    def needed(self) -> tuple[str, ...]:
+        return self.dynamic.needed
+
+    @property
+    def soname(self) -> str | None:
+        return self.dynamic.soname
+
+    @property
+    def rpath(self) -> tuple[str, ...]:
+        return self.dynamic.rpath
+
+    @property
+    def runpath(self) -> tuple[str, ...]:
+        return self.dynamic.runpath
 
 
 def _split(paths: tuple[str, ...]) -> tuple[str, ...]:
@@ -181,32 +197,63 @@ def read_identity(path: str, *, fatbin: bool = True) -> Identity | None:
         return None
 
 
-def rewrite_problems(before: ElfReport, original: Identity, after: Identity) -> str | None:
-    """Why a rewritten file (`after`) may not replace its original, or None if it may: the loader
-    must find it by the same names (DT_NEEDED, SONAME, RPATH/RUNPATH), debuggers by the same
-    build-id and debuglink (`original` and `after` read the same way); every PT_LOAD aligned as
-    the loader demands when the original's were; the device code byte for byte what LIEF read of
-    the original (`before`); and the file smaller."""
+class Names(Protocol):
+    """What the loader and debuggers find a file by (an `ElfReport` or an `Identity`)."""
+
+    @property
+    def needed(self) -> tuple[str, ...]: ...
+    @property
+    def soname(self) -> str | None: ...
+    @property
+    def rpath(self) -> tuple[str, ...]: ...
+    @property
+    def runpath(self) -> tuple[str, ...]: ...
+    @property
+    def build_id(self) -> str | None: ...
+    @property
+    def debuglink(self) -> str | None: ...
+
+
+def identity_changes(before: Names, after: Names) -> list[str]:
+    """How `after` differs from `before` in what the loader and debuggers look up a file by:
+    DT_NEEDED, SONAME, RPATH/RUNPATH, build-id, debuglink. A rewrite (strip, prune) keeps them all."""
     problems = []
-    b, a = original.dynamic, after.dynamic
-    if a.needed != b.needed:
-        problems.append(f"DT_NEEDED changed {list(b.needed)} -> {list(a.needed)}")
-    if a.soname != b.soname:
-        problems.append(f"SONAME changed {b.soname} -> {a.soname}")
-    if (a.rpath, a.runpath) != (b.rpath, b.runpath):
+    if after.needed != before.needed:
+        problems.append(f"DT_NEEDED changed {list(before.needed)} -> {list(after.needed)}")
+    if after.soname != before.soname:
+        problems.append(f"SONAME changed {before.soname} -> {after.soname}")
+    if (after.rpath, after.runpath) != (before.rpath, before.runpath):
         problems.append("RPATH/RUNPATH changed")
-    if after.build_id != original.build_id:
+    if after.build_id != before.build_id:
         problems.append("build-id changed")
-    if after.debuglink != original.debuglink:
+    if after.debuglink != before.debuglink:
         problems.append(".gnu_debuglink changed")
-    if before.load_aligned and not after.load_aligned:
-        bad = next(s for s in after.loads if not s.aligned)
+    return problems
+
+
+def strip_problems(
+    before: ElfReport, names: tuple[Names, Names], loads: tuple[Segment, ...], fatbin_digest: str | None, size: int
+) -> str | None:
+    """Why a stripped file may not replace its original (LIEF's report `before`), or None if it may:
+    the loader must find it by the same names and debuggers by the same build-id and debuglink
+    (`names`: the original's and the output's, read the same way); every PT_LOAD of the output
+    (`loads`) aligned as the loader demands when the original's were; the device code byte for
+    byte what LIEF read of the original; and the output (`size` bytes) smaller."""
+    problems = identity_changes(*names)
+    if before.load_aligned and not all(s.aligned for s in loads):
+        bad = next(s for s in loads if not s.aligned)
         problems.append(
             f"PT_LOAD at offset {bad.offset:#x} address {bad.vaddr:#x} is not aligned to {bad.align:#x}: "
             "the loader would refuse it"
         )
-    if (before.fatbin.digest if before.fatbin else None) != after.fatbin_digest:
+    if (before.fatbin.digest if before.fatbin else None) != fatbin_digest:
         problems.append("device code (fatbin) bytes changed")
-    if after.size >= before.size:
-        problems.append(f"not smaller ({before.size} -> {after.size} bytes)")
+    if size >= before.size:
+        problems.append(f"not smaller ({before.size} -> {size} bytes)")
     return "; ".join(problems) or None
+
+
+def rewrite_problems(before: ElfReport, original: Identity, after: Identity) -> str | None:
+    """`strip_problems` for an output read by this module (`after`) against its original, read
+    the same way (`original`)."""
+    return strip_problems(before, (original, after), after.loads, after.fatbin_digest, after.size)

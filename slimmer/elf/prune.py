@@ -624,7 +624,8 @@ def _check_pointers(plan: Plan, new: ElfFile) -> str | None:
 
 
 def _check_with_lief(src: str, dest: str) -> str | None:
-    from slimmer.elf.analyze import analyse, identity_changes
+    from slimmer.elf.analyze import analyse
+    from slimmer.elf.identity import identity_changes
 
     before, after = analyse(src), analyse(dest)
     if after is None or after.error:

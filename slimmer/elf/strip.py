@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from slimmer import proc
-from slimmer.elf.analyze import analyse, identity_changes, is_elf
-from slimmer.elf.identity import read_identity, rewrite_problems
+from slimmer.elf.analyze import analyse, is_elf
+from slimmer.elf.identity import read_identity, rewrite_problems, strip_problems
 from slimmer.elf.pool import bounded_map, release_memory
 from slimmer.elf.prestrip import Ready, Refused, Source, scratch_name
 from slimmer.elf.rewrite import discard, keep_owner, run_jobs, writable
@@ -65,23 +65,12 @@ def run_strip(src: str, dest: str) -> str | None:
 
 
 def check_stripped(before: ElfReport, after: ElfReport | None) -> str | None:
-    """Why the stripped file `after` may not replace `before`, or None if it may."""
+    """Why the stripped file `after` (LIEF's report) may not replace `before`, or None if it may."""
     if after is None or after.error:
         return f"LIEF cannot read it: {after.error if after else 'not ELF'}"
-    problems = identity_changes(before, after)
-    if before.load_aligned and not after.load_aligned:
-        bad = next(s for s in after.loads if not s.aligned)
-        problems.append(
-            f"PT_LOAD at offset {bad.offset:#x} address {bad.vaddr:#x} is not aligned to {bad.align:#x}: "
-            "the loader would refuse it"
-        )
-    before_fb = before.fatbin.digest if before.fatbin else None
-    after_fb = after.fatbin.digest if after.fatbin else None
-    if before_fb != after_fb:
-        problems.append("device code (fatbin) bytes changed")
-    if after.size >= before.size:
-        problems.append(f"not smaller ({before.size} -> {after.size} bytes)")
-    return "; ".join(problems) or None
+    return strip_problems(
+        before, (before, after), after.loads, after.fatbin.digest if after.fatbin else None, after.size
+    )
 
 
 def check_output(src: str, dest: str, before: ElfReport) -> tuple[str | None, int]:
