@@ -11,10 +11,11 @@ RECORD hash of the new file is taken here, in a thread, while the plan goes on.
 `Stripper` then renames a pre-stripped file into the journaled temporary name beside its original
 (`tmp_for`), on the same file system, instead of stripping it again; apply swaps it in as usual,
 so the journal, undo and the all-or-nothing commit are unchanged. A pre-strip is used only if the
-original is still the file that was stripped (same inode, size and mtime) and the plan decided to
-strip it; anything else is stripped by apply as before. What is left in the scratch folder when
-the command ends is deleted, and a scratch folder that a killed run left is deleted by the next
-run that holds the lock.
+original is still the file that was stripped (same inode, size, mtime and ctime: a rewrite in
+place that keeps the size and puts the mtime back, as `cp -p` does, still moves the ctime) and the
+plan decided to strip it; anything else is stripped by apply as before. What is left in the
+scratch folder when the command ends is deleted, and a scratch folder that a killed run left is
+deleted by the next run that holds the lock.
 
 Never writes outside the scratch folder; never follows a link.
 """
@@ -54,15 +55,18 @@ def scratch_name() -> str:
 
 @dataclass(frozen=True)
 class Source:
-    """The original as it was when it was stripped: a later change means the pre-strip is stale."""
+    """The original as it was when it was stripped: a later change means the pre-strip is stale.
+    The ctime counts: no one can set it back, and neither reading the file nor stripping a copy
+    of it moves it."""
 
     ino: int
     size: int
     mtime_ns: int
+    ctime_ns: int
 
     @classmethod
     def of(cls, st: os.stat_result) -> Source:
-        return cls(st.st_ino, st.st_size, st.st_mtime_ns)
+        return cls(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 @dataclass(frozen=True)
