@@ -150,3 +150,24 @@ def test_a_file_rewritten_in_place_with_its_size_and_mtime_kept_is_stripped_agai
         apply_plan(plan, commit=True, rewriters=(Stripper(pool=pool, prestrips=prestrips),))
     assert analyse(path).stripped
     assert _text(path) == new_text, "apply put in a strip of the bytes the file held before"
+
+
+@pytest.mark.parametrize(
+    ("rules", "jobs"),
+    [("strip", "1"), ("docs", None)],
+    ids=["one job: no workers", "no strip rule: no workers"],
+)
+def test_every_apply_sweeps_a_killed_runs_scratch(root, monkeypatch, rules, jobs):  # noqa: F811
+    """A run killed while planning leaves stripped copies in ROOT/.slimmer (hundreds of MB for
+    torch): the next apply deletes them, with or without workers."""
+    from slimmer.cli import main
+
+    with Prestrips.opened(root):
+        pass  # makes ROOT/.slimmer as slimmer makes it
+    left = root / ".slimmer" / "prestrip-123-0badcafe"
+    left.mkdir(mode=0o700)
+    (left / "0123456789abcdef.stripped").write_bytes(b"half a library")
+    if jobs is not None:
+        monkeypatch.setenv("SLIMMER_JOBS", jobs)
+    assert main(["apply", "--rules", rules, str(root)]) == 0
+    assert _scratch(root) == []

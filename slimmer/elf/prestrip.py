@@ -201,6 +201,18 @@ def _empty(fd: int) -> None:
                     os.unlink(name, dir_fd=fd)
 
 
+def sweep(root: Path) -> None:
+    """Delete the scratch folders that killed runs left under `ROOT/.slimmer` (the caller holds
+    the root's lock); nothing to do where the state folder does not exist."""
+    state = open_state(root, create=False)
+    if state is None:
+        return
+    try:
+        _sweep(state, os.fstat(state).st_dev)
+    finally:
+        os.close(state)
+
+
 def _sweep(state: int, dev: int) -> None:
     """Delete the scratch folders that killed runs left in the state folder; one that is a link,
     not ours or writable by others is left alone (and never entered)."""
@@ -223,8 +235,9 @@ def _sweep(state: int, dev: int) -> None:
 def early_strips(root: Path, pool: WorkerPool | None) -> Iterator[Prestrips | None]:
     """`Prestrips` for an apply whose plan has warm workers (the caller holds the root's lock);
     None without them: the plan would strip in the calling process, before the protectors, and
-    gain nothing."""
+    gain nothing. The scratch folders of killed runs are deleted either way."""
     if pool is None:
+        sweep(root)
         yield None
         return
     with Prestrips.opened(root) as prestrips:
