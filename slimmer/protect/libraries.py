@@ -29,6 +29,7 @@ from slimmer.elf.elf64 import (
     DT_STRSZ,
     DT_STRTAB,
     MAX_TABLE,
+    PT_DYNAMIC,
     ElfFile,
     ElfFormatError,
 )
@@ -58,6 +59,8 @@ def is_shared_library(rel: str) -> bool:
     return _SHARED.search(rel.rpartition("/")[2]) is not None
 
 
+MAX_DYNAMIC = 64 << 10  # bytes of PT_DYNAMIC read: real ones hold a few hundred (704 at most in torch's)
+MAX_STRING = 64 << 10  # bytes of one DT_NEEDED, DT_RPATH or DT_RUNPATH string
 _CHUNK = 1 << 20  # read in pieces: a mapped 500 MB library would count fully in this process's memory
 
 
@@ -76,14 +79,19 @@ NO_NEEDS = Dynamic()
 def read_dynamic(path: str) -> Dynamic | None:
     """DT_NEEDED, DT_RPATH and DT_RUNPATH of an ELF file, found the way the loader finds them
     (PT_DYNAMIC, then its strings in the DT_STRTAB/DT_STRSZ table, through the PT_LOAD that maps
-    it): a few KB read. `NO_NEEDS` for a file that cannot be opened as a regular file or has no
-    DT_NEEDED; None when this reader does not take the file (not ELF, not 64-bit little-endian,
-    odd headers): the caller falls back to LIEF."""
+    it): a few KB read, only the strings those entries name, whatever the headers claim. As for
+    the loader, the last DT_RPATH and the last DT_RUNPATH entry count. `NO_NEEDS` for a file that
+    cannot be opened as a regular file or has no DT_NEEDED; None when this reader does not take the
+    file (not ELF, not 64-bit little-endian, odd headers, a PT_DYNAMIC over `MAX_DYNAMIC` or a
+    string over `MAX_STRING`): the caller falls back to LIEF."""
     fd = open_regular(path)  # never through a link, never a FIFO or a device
     if fd is None:
         return NO_NEEDS
     try:
         with ElfFile(path, fd=fd) as elf:
+            seg = next((s for s in elf.segments if s.type == PT_DYNAMIC), None)
+            if seg is not None and seg.filesz > MAX_DYNAMIC:
+                return None
             dynamic = elf.dynamic()
             if not any(tag == DT_NEEDED for tag, _ in dynamic):
                 return NO_NEEDS
@@ -91,21 +99,20 @@ def read_dynamic(path: str) -> Dynamic | None:
             strtab, strsz = tags.get(DT_STRTAB), tags.get(DT_STRSZ)
             if strtab is None or strsz is None or strsz > MAX_TABLE:
                 return None
-            table = elf.read(elf.offset_of(strtab, strsz), strsz)
+            base = elf.offset_of(strtab, strsz)
+
+            def string(offset: int) -> str:
+                data = elf.read(base + offset, min(strsz - offset, MAX_STRING)) if offset < strsz else b""
+                end = data.find(b"\0")
+                if end < 0:
+                    msg = f"dynamic string at {offset:#x} is outside its table or longer than {MAX_STRING} bytes"
+                    raise ElfFormatError(msg)
+                return data[:end].decode("utf-8", "surrogateescape")
 
             def strings(wanted: int) -> tuple[str, ...]:
-                out = []
-                for tag, offset in dynamic:
-                    if tag != wanted:
-                        continue
-                    end = table.find(b"\0", offset)
-                    if offset >= len(table) or end < 0:
-                        msg = f"dynamic string at {offset:#x} is outside its table"
-                        raise ElfFormatError(msg)
-                    out.append(table[offset:end].decode("utf-8", "surrogateescape"))
-                return tuple(out)
+                return tuple(string(offset) for tag, offset in dynamic if tag == wanted)
 
-            return Dynamic(strings(DT_NEEDED), _split(strings(DT_RPATH)), _split(strings(DT_RUNPATH)))
+            return Dynamic(strings(DT_NEEDED), _split(strings(DT_RPATH)[-1:]), _split(strings(DT_RUNPATH)[-1:]))
     except (ElfFormatError, OSError):
         return None
 
