@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from slimmer.elf.rewrite import hash_fd, keep_owner
 from slimmer.errors import UnsafeStateError
-from slimmer.journal import open_state, open_verified_dir, state_dir
+from slimmer.journal import open_dir, open_state, open_verified_dir, state_dir
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -159,25 +159,47 @@ class Prestrips:
         """Move the ready strip of `rel` to `tmp` (a fresh journaled name beside `src`, on the
         root's file system) with the original's owner; returns its RECORD digest (None when it
         could not be taken). Raises LookupError when there is no usable strip: none was made, or
-        `src` is no longer the file it was made from; OSError when the move failed."""
+        `src` is no longer the file it was made from; OSError when the move failed. The folder it
+        goes to is opened from the root one name at a time, never through a link."""
         made = self._ready.pop(rel, None)
         st = _lstat(src)
         if made is None or st is None or not stat.S_ISREG(st.st_mode) or Source.of(st) != made.source:
             raise LookupError(rel)
-        tmp_dir, tmp_name = os.path.split(tmp)
-        folder = os.open(tmp_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        keep_owner(os.path.join(self.folder, made.name), st)
+        folder = self._folder_of(rel)
         try:
-            if os.path.lexists(tmp):
+            tmp_name = os.path.basename(tmp)
+            if _lstat_at(tmp_name, folder) is not None:
                 raise OSError(errno.EEXIST, f"{tmp} exists")
             os.rename(made.name, tmp_name, src_dir_fd=self._fd, dst_dir_fd=folder)
         finally:
             os.close(folder)
-        keep_owner(tmp, st)
         future = self._hashes.pop(rel, None)
         try:
             return future.result() if future is not None else None
         except OSError:
             return None
+
+    def _folder_of(self, rel: str) -> int:
+        """A descriptor of the folder that holds `rel`, opened link by link from the root."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        dev = os.fstat(fd).st_dev
+        try:
+            for part in rel.split("/")[:-1]:
+                child = open_dir(fd, part, dev=dev)
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+
+def _lstat_at(name: str, folder: int) -> os.stat_result | None:
+    try:
+        return os.lstat(name, dir_fd=folder)
+    except FileNotFoundError:
+        return None
 
 
 def _lstat(path: str) -> os.stat_result | None:
