@@ -104,3 +104,70 @@ def test_cli_apply_leaves_no_scratch_folder(root, command):  # noqa: F811
     assert main([*command, str(root)]) == 0
     assert _scratch(root) == []
     assert analyse(root / "lib/libfoo.so.1.0").stripped
+
+
+def _text(path: Path) -> bytes:
+    from slimmer.elf.elf64 import ElfFile
+
+    with ElfFile(path) as elf:
+        text = elf.section(".text")
+        assert text is not None
+        return elf.read(text.offset, text.size)
+
+
+def _text_offset(path: Path) -> int:
+    from slimmer.elf.elf64 import ElfFile
+
+    with ElfFile(path) as elf:
+        text = elf.section(".text")
+        assert text is not None
+        return text.offset
+
+
+def test_a_file_rewritten_in_place_with_its_size_and_mtime_kept_is_stripped_again(root):  # noqa: F811
+    """`cp -p`, `rsync --inplace -t` or a tar extraction over the file keep its inode, size and
+    mtime: only its ctime tells that the early strip was made from other bytes."""
+    rel = "lib/libfoo.so.1.0"
+    path = root / rel
+    with shared_pool(2) as pool, root_lock(root, reentrant=True), early_strips(root, pool) as prestrips:
+        assert prestrips is not None
+        plan = make_plan(root, RuleSet.load(["strip"]), pool=pool, trial_strips=False, prestrips=prestrips)
+        assert rel in _ready_inodes(prestrips)
+        st = path.stat()
+        offset = _text_offset(path)
+        with path.open("r+b") as fh:
+            fh.seek(offset)
+            old = fh.read(1)
+            fh.seek(offset)
+            fh.write(bytes([old[0] ^ 0xFF]))  # new code, same size
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert (path.stat().st_ino, path.stat().st_size, path.stat().st_mtime_ns) == (
+            st.st_ino,
+            st.st_size,
+            st.st_mtime_ns,
+        )
+        new_text = _text(path)
+        apply_plan(plan, commit=True, rewriters=(Stripper(pool=pool, prestrips=prestrips),))
+    assert analyse(path).stripped
+    assert _text(path) == new_text, "apply put in a strip of the bytes the file held before"
+
+
+@pytest.mark.parametrize(
+    ("rules", "jobs"),
+    [("strip", "1"), ("docs", None)],
+    ids=["one job: no workers", "no strip rule: no workers"],
+)
+def test_every_apply_sweeps_a_killed_runs_scratch(root, monkeypatch, rules, jobs):  # noqa: F811
+    """A run killed while planning leaves stripped copies in ROOT/.slimmer (hundreds of MB for
+    torch): the next apply deletes them, with or without workers."""
+    from slimmer.cli import main
+
+    with Prestrips.opened(root):
+        pass  # makes ROOT/.slimmer as slimmer makes it
+    left = root / ".slimmer" / "prestrip-123-0badcafe"
+    left.mkdir(mode=0o700)
+    (left / "0123456789abcdef.stripped").write_bytes(b"half a library")
+    if jobs is not None:
+        monkeypatch.setenv("SLIMMER_JOBS", jobs)
+    assert main(["apply", "--rules", rules, str(root)]) == 0
+    assert _scratch(root) == []

@@ -28,6 +28,7 @@ from slimmer.elf.elf64 import (
     DT_STRSZ,
     DT_STRTAB,
     MAX_TABLE,
+    PT_DYNAMIC,
     PT_LOAD,
     ElfFile,
     ElfFormatError,
@@ -43,6 +44,8 @@ DT_SONAME = 14
 PT_NOTE = 4
 NT_GNU_BUILD_ID = 3
 NOTE = struct.Struct("<III")
+MAX_DYNAMIC = 64 << 10  # bytes of PT_DYNAMIC read: real ones hold a few hundred (704 at most in torch's)
+MAX_STRING = 64 << 10  # bytes of one dynamic string (a DT_NEEDED name, a search path)
 _PIECE = 8 << 20  # fatbin bytes hashed per read
 
 
@@ -97,7 +100,13 @@ def _split(paths: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _dynamic(elf: ElfFile) -> Dynamic | None:
-    """The dynamic section's names; NO_NEEDS when there is none; None when the table is odd."""
+    """The dynamic section's names; NO_NEEDS when there are none; None when the section or a
+    string is odd or larger than a real one (`MAX_DYNAMIC`, `MAX_STRING`): only the strings the
+    entries name are read, whatever the headers claim. As for the loader (and LIEF), the last
+    DT_SONAME, DT_RPATH and DT_RUNPATH entry counts."""
+    seg = next((s for s in elf.segments if s.type == PT_DYNAMIC), None)
+    if seg is not None and seg.filesz > MAX_DYNAMIC:
+        return None
     dynamic = elf.dynamic()
     wanted = (DT_NEEDED, DT_SONAME, DT_RPATH, DT_RUNPATH)
     if not any(tag in wanted for tag, _ in dynamic):
@@ -106,24 +115,22 @@ def _dynamic(elf: ElfFile) -> Dynamic | None:
     strtab, strsz = tags.get(DT_STRTAB), tags.get(DT_STRSZ)
     if strtab is None or strsz is None or strsz > MAX_TABLE:
         return None
-    table = elf.read(elf.offset_of(strtab, strsz), strsz)
+    base = elf.offset_of(strtab, strsz)
+
+    def string(offset: int) -> str:
+        data = elf.read(base + offset, min(strsz - offset, MAX_STRING)) if offset < strsz else b""
+        end = data.find(b"\0")
+        if end < 0:
+            msg = f"dynamic string at {offset:#x} is outside its table or longer than {MAX_STRING} bytes"
+            raise ElfFormatError(msg)
+        return data[:end].decode("utf-8", "surrogateescape")
 
     def strings(tag_wanted: int) -> tuple[str, ...]:
-        out = []
-        for tag, offset in dynamic:
-            if tag != tag_wanted:
-                continue
-            end = table.find(b"\0", offset)
-            if offset >= len(table) or end < 0:
-                msg = f"dynamic string at {offset:#x} is outside its table"
-                raise ElfFormatError(msg)
-            out.append(table[offset:end].decode("utf-8", "surrogateescape"))
-        return tuple(out)
+        return tuple(string(offset) for tag, offset in dynamic if tag == tag_wanted)
 
-    soname = strings(DT_SONAME)
-    return Dynamic(
-        strings(DT_NEEDED), _split(strings(DT_RPATH)), _split(strings(DT_RUNPATH)), soname[-1] if soname else None
-    )
+    soname = strings(DT_SONAME)[-1:]
+    rpath, runpath = _split(strings(DT_RPATH)[-1:]), _split(strings(DT_RUNPATH)[-1:])
+    return Dynamic(strings(DT_NEEDED), rpath, runpath, soname[0] if soname else None)
 
 
 def read_dynamic(path: str) -> Dynamic | None:

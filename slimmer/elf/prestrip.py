@@ -11,10 +11,11 @@ RECORD hash of the new file is taken here, in a thread, while the plan goes on.
 `Stripper` then renames a pre-stripped file into the journaled temporary name beside its original
 (`tmp_for`), on the same file system, instead of stripping it again; apply swaps it in as usual,
 so the journal, undo and the all-or-nothing commit are unchanged. A pre-strip is used only if the
-original is still the file that was stripped (same inode, size and mtime) and the plan decided to
-strip it; anything else is stripped by apply as before. What is left in the scratch folder when
-the command ends is deleted, and a scratch folder that a killed run left is deleted by the next
-run that holds the lock.
+original is still the file that was stripped (same inode, size, mtime and ctime: a rewrite in
+place that keeps the size and puts the mtime back, as `cp -p` does, still moves the ctime) and the
+plan decided to strip it; anything else is stripped by apply as before. What is left in the
+scratch folder when the command ends is deleted, and a scratch folder that a killed run left is
+deleted by the next run that holds the lock.
 
 Never writes outside the scratch folder; never follows a link.
 """
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from slimmer.elf.rewrite import hash_fd, keep_owner
 from slimmer.errors import UnsafeStateError
-from slimmer.journal import open_state, open_verified_dir, state_dir
+from slimmer.journal import open_dir, open_state, open_verified_dir, state_dir
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -54,15 +55,18 @@ def scratch_name() -> str:
 
 @dataclass(frozen=True)
 class Source:
-    """The original as it was when it was stripped: a later change means the pre-strip is stale."""
+    """The original as it was when it was stripped: a later change means the pre-strip is stale.
+    The ctime counts: no one can set it back, and neither reading the file nor stripping a copy
+    of it moves it."""
 
     ino: int
     size: int
     mtime_ns: int
+    ctime_ns: int
 
     @classmethod
     def of(cls, st: os.stat_result) -> Source:
-        return cls(st.st_ino, st.st_size, st.st_mtime_ns)
+        return cls(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 @dataclass(frozen=True)
@@ -155,25 +159,47 @@ class Prestrips:
         """Move the ready strip of `rel` to `tmp` (a fresh journaled name beside `src`, on the
         root's file system) with the original's owner; returns its RECORD digest (None when it
         could not be taken). Raises LookupError when there is no usable strip: none was made, or
-        `src` is no longer the file it was made from; OSError when the move failed."""
+        `src` is no longer the file it was made from; OSError when the move failed. The folder it
+        goes to is opened from the root one name at a time, never through a link."""
         made = self._ready.pop(rel, None)
         st = _lstat(src)
         if made is None or st is None or not stat.S_ISREG(st.st_mode) or Source.of(st) != made.source:
             raise LookupError(rel)
-        tmp_dir, tmp_name = os.path.split(tmp)
-        folder = os.open(tmp_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        keep_owner(os.path.join(self.folder, made.name), st)
+        folder = self._folder_of(rel)
         try:
-            if os.path.lexists(tmp):
+            tmp_name = os.path.basename(tmp)
+            if _lstat_at(tmp_name, folder) is not None:
                 raise OSError(errno.EEXIST, f"{tmp} exists")
             os.rename(made.name, tmp_name, src_dir_fd=self._fd, dst_dir_fd=folder)
         finally:
             os.close(folder)
-        keep_owner(tmp, st)
         future = self._hashes.pop(rel, None)
         try:
             return future.result() if future is not None else None
         except OSError:
             return None
+
+    def _folder_of(self, rel: str) -> int:
+        """A descriptor of the folder that holds `rel`, opened link by link from the root."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        dev = os.fstat(fd).st_dev
+        try:
+            for part in rel.split("/")[:-1]:
+                child = open_dir(fd, part, dev=dev)
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+
+def _lstat_at(name: str, folder: int) -> os.stat_result | None:
+    try:
+        return os.lstat(name, dir_fd=folder)
+    except FileNotFoundError:
+        return None
 
 
 def _lstat(path: str) -> os.stat_result | None:
@@ -195,6 +221,18 @@ def _empty(fd: int) -> None:
             with contextlib.suppress(OSError):
                 if stat.S_ISREG(os.lstat(name, dir_fd=fd).st_mode):
                     os.unlink(name, dir_fd=fd)
+
+
+def sweep(root: Path) -> None:
+    """Delete the scratch folders that killed runs left under `ROOT/.slimmer` (the caller holds
+    the root's lock); nothing to do where the state folder does not exist."""
+    state = open_state(root, create=False)
+    if state is None:
+        return
+    try:
+        _sweep(state, os.fstat(state).st_dev)
+    finally:
+        os.close(state)
 
 
 def _sweep(state: int, dev: int) -> None:
@@ -219,8 +257,9 @@ def _sweep(state: int, dev: int) -> None:
 def early_strips(root: Path, pool: WorkerPool | None) -> Iterator[Prestrips | None]:
     """`Prestrips` for an apply whose plan has warm workers (the caller holds the root's lock);
     None without them: the plan would strip in the calling process, before the protectors, and
-    gain nothing."""
+    gain nothing. The scratch folders of killed runs are deleted either way."""
     if pool is None:
+        sweep(root)
         yield None
         return
     with Prestrips.opened(root) as prestrips:
