@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import base64
 import csv
 import hashlib
@@ -22,7 +23,7 @@ from slimmer.cli import main
 from slimmer.elf import identity
 from slimmer.elf.analyze import analyse, is_elf
 from slimmer.plan import make_plan
-from slimmer.protect import default_protectors, libraries
+from slimmer.protect import default_protectors, imports, libraries
 from slimmer.protect.imports import ImportProtector, ModuleFile, import_text, parse_imports
 from slimmer.protect.libraries import LibraryProtector
 from slimmer.rules import RuleSet
@@ -484,3 +485,42 @@ def test_explain_names_the_protection(tmp_path, capsys):
     rules.write_text("# @relative-to site-packages\npkg/testing/\n")
     assert main(["explain", "--rules", str(rules), str(root), f"{SP}/pkg/testing/util.py"]) == 0
     assert "but kept: imported by pkg/testing/helpers.py" in capsys.readouterr().out
+
+
+def _big_module(body_in_string: bool) -> bytes:
+    parts = ["from typing import TYPE_CHECKING\nimport os\n"]
+    for i in range(1500):
+        parts.append(f"@decorator_{i}\ndef f{i}(x):\n    import pkg.lazy{i % 7}\n    return x  # {'.' * 150}\n\n")
+        if i == 400:
+            parts.append("if TYPE_CHECKING:\n    import pkg.only_for_types\nelse:\n    from . import sibling\n")
+        if i == 700:
+            # A triple-quoted string whose lines start at column 0 with `def`: a cut inside it must not count.
+            lines = 3000 if body_in_string else 1
+            text = "\n".join(f"def not_code_{j}(): import pkg.in_a_string" for j in range(lines))
+            parts.append(f'DOC = """\n{text}\n"""\n')
+        if i == 900:
+            parts.append("class K:\n    from .deep import thing\n")
+    return "".join(parts).encode()
+
+
+@pytest.mark.parametrize("body_in_string", [False, True])
+def test_a_large_module_parsed_in_pieces_gives_the_whole_files_imports_in_order(body_in_string):
+    source = _big_module(body_in_string)
+    assert len(source) > imports._PIECES_ABOVE
+    module = ModuleFile("pkg/big.py", "pkg.big", "", False)
+    whole = imports._statement_imports(ast.parse(source), module)
+    pieces = imports._parse_in_pieces(source, module)
+    if body_in_string:  # 150 KB of string: a cut falls inside it, that piece does not parse, the file is parsed whole
+        assert pieces is None
+    else:
+        assert pieces == whole
+    assert parse_imports(source, module)[: len(whole)] == whole
+    names = {ref.base for ref in whole}
+    assert {"os", "pkg.lazy3", "pkg", "pkg.deep"} <= names
+    assert "pkg.only_for_types" not in names
+    assert "pkg.in_a_string" not in names
+
+
+def test_a_module_that_declares_its_encoding_is_parsed_whole():
+    source = b"# -*- coding: latin-1 -*-\n" + _big_module(False)
+    assert imports._parse_in_pieces(source, ModuleFile("pkg/big.py", "pkg.big", "", False)) is None
