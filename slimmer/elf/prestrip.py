@@ -75,7 +75,6 @@ class Ready:
 
     name: str
     source: Source
-    new_size: int
 
 
 @dataclass(frozen=True)
@@ -143,10 +142,6 @@ class Prestrips:
 
     def _digest(self, name: str) -> Digest:
         return hash_fd(os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._fd))
-
-    @property
-    def count(self) -> int:
-        return len(self._ready)
 
     def refused(self, rel: str, src: str) -> str | None:
         """Why the early strip of `rel` failed the check, if the original has not changed since."""

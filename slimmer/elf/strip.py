@@ -163,13 +163,12 @@ def _strip_early(path: str, folder: str, before: ElfReport) -> Ready | Refused |
     release_memory()  # the parsed original is gone; strip needs about the file size again
     dest = os.path.join(folder, scratch_name())
     why = run_strip(path, dest)
-    new_size = 0
     if why is None:
-        why, new_size = check_output(path, dest, before)
+        why, _ = check_output(path, dest, before)
     if why is not None:
         discard(dest)
         return Refused(why, source)
-    return Ready(os.path.basename(dest), source, new_size)
+    return Ready(os.path.basename(dest), source)
 
 
 def decide(  # noqa: PLR0911 - one return per Skip reason, in the order they are checked

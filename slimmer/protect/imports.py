@@ -217,7 +217,9 @@ def _parse_in_pieces(source: bytes, module: ModuleFile) -> list[ImportRef] | Non
     these are the whole file's top-level statements, and the pieces' imports, last piece first,
     are the whole file's in its order. None (parse the whole file) when a piece does not parse,
     there is nowhere to cut, or the file declares an encoding (a piece would lose it)."""
-    if _CODING.search(source, 0, source.find(b"\n", source.find(b"\n") + 1) % (len(source) + 1)):
+    first = source.find(b"\n")
+    second = source.find(b"\n", first + 1) if first >= 0 else -1
+    if _CODING.search(source, 0, second if second >= 0 else len(source)):  # PEP 263: lines 1 and 2
         return None
     cuts = [0]
     for m in _TOP_DEFINITION.finditer(source):

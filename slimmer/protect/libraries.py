@@ -52,23 +52,22 @@ def is_shared_library(rel: str) -> bool:
 _CHUNK = 1 << 20  # read in pieces: a mapped 500 MB library would count fully in this process's memory
 
 
-def _first_round(root: str, candidates: list[str], names: set[str]) -> tuple[list[str], dict[str, Dynamic]]:
+def _first_round(root: str, candidates: list[str], names: set[str]) -> tuple[list[str], dict[str, Dynamic | None]]:
     """The candidates that need one of `names` (or, read by no faster means, may), and what
-    `read_dynamic` read of every candidate it takes."""
+    `read_dynamic` read of every candidate (None: it does not take the file; LIEF will)."""
     encoded = sorted(n.encode("utf-8", "surrogateescape") + b"\0" for n in names)
     needles = re.compile(b"|".join(re.escape(n) for n in encoded))
     longest = max(len(n) for n in encoded)
-    known: dict[str, Dynamic] = {}
+    known: dict[str, Dynamic | None] = {}
     todo = []
     for rel in candidates:
         path = os.path.join(root, rel)
-        dynamic = read_dynamic(path)
-        if dynamic is not None:
-            known[rel] = dynamic
-            if names.intersection(dynamic.needed):
-                todo.append(rel)
-        elif len(names) > MAX_NAMES_FOR_PREFILTER or _mentions(path, needles, longest):
-            todo.append(rel)  # LIEF reads it
+        dynamic = known[rel] = read_dynamic(path)
+        if dynamic is None:
+            if len(names) > MAX_NAMES_FOR_PREFILTER or _mentions(path, needles, longest):
+                todo.append(rel)  # LIEF reads it
+        elif names.intersection(dynamic.needed):
+            todo.append(rel)
     return todo, known
 
 
@@ -161,7 +160,9 @@ def _maybe_elf(rel: str, mode: int) -> bool:
     return is_shared_library(rel) or bool(mode & 0o111)
 
 
-def _dynamics(root: str, rels: list[str], known: dict[str, Dynamic], pool: WorkerPool | None) -> dict[str, Dynamic]:
+def _dynamics(
+    root: str, rels: list[str], known: dict[str, Dynamic | None], pool: WorkerPool | None
+) -> dict[str, Dynamic]:
     """What the loader reads of each of `rels`: from `read_dynamic`, or from LIEF for a file that
     reader does not take, read in the command's warm workers (`pool`) when it has them: a map of
     its own would start more workers, each importing LIEF (one map at a time keeps the memory
@@ -171,7 +172,7 @@ def _dynamics(root: str, rels: list[str], known: dict[str, Dynamic], pool: Worke
     out: dict[str, Dynamic] = {}
     lief = []
     for rel in rels:
-        dynamic = known.get(rel) or read_dynamic(os.path.join(root, rel))
+        dynamic = known[rel] if rel in known else read_dynamic(os.path.join(root, rel))
         if dynamic is not None:
             out[rel] = dynamic
         else:
